@@ -1,0 +1,66 @@
+"""Database engines: SQLite (embedded default) and PostgreSQL (production), configured alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+
+def is_sqlite(engine_or_conn: sa.Engine | sa.Connection) -> bool:
+    """True when the engine or connection talks to SQLite."""
+    return engine_or_conn.dialect.name == "sqlite"
+
+
+def normalize_url(url: str) -> str:
+    """Pick our drivers: ``postgresql://`` means psycopg 3 (the maintained driver)."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u.render_as_string(hide_password=False)
+
+
+def create_engine(url: str, **kwargs) -> sa.Engine:
+    """Create an engine; SQLite gets foreign keys on, WAL and real (transactional) BEGINs.
+
+    pysqlite by default commits before DDL and opens transactions lazily, which would make a
+    failed migration leave half its DDL behind; taking over BEGIN (SQLAlchemy's documented
+    recipe) makes DDL and DML share one transaction that can roll back.
+    """
+    url = normalize_url(url)
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        return sa.create_engine(url, **kwargs)
+    if u.database and u.database != ":memory:":
+        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+    connect_args = kwargs.pop("connect_args", {})
+    connect_args.setdefault("timeout", 30)
+    connect_args.setdefault("check_same_thread", False)
+    engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # Writers ask for IMMEDIATE (execution option ``crmkit_write``): they take the write lock
+        # up front and queue on busy_timeout instead of failing with "database is locked" when a
+        # read transaction tries to upgrade. Readers stay deferred and run concurrently (WAL).
+        write = conn.get_execution_options().get("crmkit_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def write_connection(engine: sa.Engine) -> sa.Connection:
+    """A connection whose transactions take SQLite's write lock at BEGIN (no-op elsewhere)."""
+    return engine.connect().execution_options(crmkit_write=True)

@@ -1,0 +1,230 @@
+"""List queries: filter, sort, search, keyset pagination and a capped count.
+
+Built for a million rows: pages are found by keyset (``WHERE (sort, id) > (:last)``) instead of
+OFFSET, only the needed columns are selected, the count stops at a cap, and search is a trigram
+index lookup (FTS5 on SQLite, pg_trgm on PostgreSQL) over the normalised ``search_text``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from crmkit.core import conditions, text
+from crmkit.core.catalog import Catalog, Entity
+from crmkit.core.errors import BadRequest
+from crmkit.core.tables import SEARCH_COLUMN, fts_table_name
+
+COUNT_CAP = 10_000
+MAX_LIMIT = 500
+# Columns that can never be NULL: their keyset needs no NULL handling.
+NOT_NULL = {"id", "created_at", "updated_at", "version"}
+
+
+@dataclass(frozen=True)
+class SortKey:
+    field: str
+    desc: bool
+
+
+@dataclass
+class Page:
+    """One page of a list: ``count`` is exact up to COUNT_CAP, then ``count_capped`` is True."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+    count: int | None = None
+    count_capped: bool = False
+
+    @property
+    def count_label(self) -> str:
+        if self.count is None:
+            return ""
+        return f"{self.count:,}+" if self.count_capped else f"{self.count:,}"
+
+    def count_json(self) -> int | str | None:
+        """The count as the API shows it: a number, or ``"10000+"`` past the cap."""
+        if self.count is None:
+            return None
+        return f"{self.count}+" if self.count_capped else self.count
+
+
+def parse_sort(entity: Entity, sort: str | Sequence[str] | None) -> list[SortKey]:
+    """``"-close_date,name"`` -> sort keys, always ending with ``id`` for a stable order."""
+    if sort is None or sort == "" or sort == []:
+        items = list(entity.list.sort)
+    elif isinstance(sort, str):
+        items = [s.strip() for s in sort.split(",") if s.strip()]
+    else:
+        items = list(sort)
+    keys: list[SortKey] = []
+    for item in items:
+        desc = item.startswith("-")
+        name = item.lstrip("-+")
+        f = entity.fields.get(name)
+        if f is None:
+            raise BadRequest(f"cannot sort by {name!r}: {entity.name} has no such field")
+        if f.is_many or f.type in ("multi_enum", "json", "address", "text", "password", "file", "image"):
+            raise BadRequest(f"cannot sort by {name!r} (a {f.type} field)")
+        if any(k.field == name for k in keys):
+            continue
+        keys.append(SortKey(name, desc))
+    if not any(k.field == "id" for k in keys):
+        keys.append(SortKey("id", keys[-1].desc if keys else True))
+    else:  # nothing after id matters: id is unique
+        keys = keys[: [k.field for k in keys].index("id") + 1]
+    return keys
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return {"dt": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"d": value.isoformat()}
+    if isinstance(value, decimal.Decimal):
+        return {"n": str(value)}
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "dt" in value:
+            return dt.datetime.fromisoformat(value["dt"])
+        if "d" in value:
+            return dt.date.fromisoformat(value["d"])
+        if "n" in value:
+            return decimal.Decimal(value["n"])
+        raise ValueError("bad cursor value")
+    if isinstance(value, list):
+        raise ValueError("bad cursor value")
+    return value
+
+
+def encode_cursor(keys: list[SortKey], row: dict[str, Any]) -> str:
+    """An opaque cursor: the last row's sort values (url-safe base64 JSON)."""
+    payload = [[k.field, _encode_value(row.get(k.field))] for k in keys]
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(keys: list[SortKey], cursor: str) -> list[Any]:
+    """The sort values inside a cursor; BadRequest when it was tampered with or the sort changed."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+        if [p[0] for p in payload] != [k.field for k in keys]:
+            raise ValueError("sort changed")
+        return [_decode_value(p[1]) for p in payload]
+    except (ValueError, TypeError, IndexError, KeyError, json.JSONDecodeError):
+        raise BadRequest("invalid cursor (it belongs to another sort, or was changed)") from None
+
+
+def keyset_condition(
+    table: sa.Table, keys: list[SortKey], values: list[Any], nulls_high: bool
+) -> sa.ColumnElement[bool]:
+    """Rows strictly after ``values`` in the order given by ``keys``.
+
+    ``nulls_high`` says where the database sorts NULLs (PostgreSQL: after every value in
+    ascending order; SQLite: before). Where no key column can be NULL, this is a plain row-value
+    comparison that both databases answer with one index range scan.
+    """
+    if all(k.field in NOT_NULL for k in keys) and len({k.desc for k in keys}) == 1:
+        cols = sa.tuple_(*[table.c[k.field] for k in keys])
+        vals = sa.tuple_(*[sa.literal(v, type_=table.c[k.field].type) for k, v in zip(keys, values, strict=True)])
+        return cols < vals if keys[0].desc else cols > vals
+    ors = []
+    for i, key in enumerate(keys):
+        eqs = [_equal(table.c[k.field], v) for k, v in zip(keys[:i], values[:i], strict=True)]
+        ors.append(sa.and_(*eqs, _after(table.c[key.field], values[i], key.desc, nulls_high)))
+    return sa.or_(*ors)
+
+
+def _equal(col: sa.ColumnElement, value: Any) -> sa.ColumnElement[bool]:
+    return col.is_(None) if value is None else col == value
+
+
+def _after(col: sa.ColumnElement, value: Any, desc: bool, nulls_high: bool) -> sa.ColumnElement[bool]:
+    """``col`` comes strictly after ``value`` in this key's direction."""
+    # Effective direction on the "NULL is the greatest value" scale.
+    greater = not desc
+    null_last = nulls_high == greater  # NULLs come after every value in this direction
+    if value is None:
+        return sa.false() if null_last else col.is_not(None)
+    beyond = col > value if greater else col < value
+    return sa.or_(beyond, col.is_(None)) if null_last else beyond
+
+
+def order_by(table: sa.Table, keys: list[SortKey]) -> list[sa.ColumnElement]:
+    return [table.c[k.field].desc() if k.desc else table.c[k.field].asc() for k in keys]
+
+
+def search_condition(conn: sa.Connection, entity: Entity, table: sa.Table, q: str) -> sa.ColumnElement[bool]:
+    """Every word of ``q`` must appear in the record's normalised search text.
+
+    Words of three or more characters use the trigram index; shorter ones fall back to LIKE
+    (a trigram index cannot answer them), still on the normalised text.
+    """
+    if SEARCH_COLUMN not in table.c:
+        raise BadRequest(f"{entity.name} has no searchable fields")
+    words = [w for w in text.normalize_search(q).split(" ") if w]
+    clauses = []
+    for word in words:
+        like = sa.literal("%" + _escape_like(word) + "%")
+        if conn.dialect.name == "sqlite" and len(word) >= 3:
+            fts = sa.table(fts_table_name(entity.name), sa.column("rowid"))
+            phrase = '"' + word.replace('"', '""') + '"'
+            match = sa.text(f'"{fts_table_name(entity.name)}" MATCH :m').bindparams(m=phrase)
+            clauses.append(table.c.id.in_(sa.select(fts.c.rowid).where(match)))
+        else:
+            clauses.append(table.c[SEARCH_COLUMN].like(like, escape="\\"))
+    return sa.and_(*clauses) if clauses else sa.true()
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def capped_count(conn: sa.Connection, table: sa.Table, where: sa.ColumnElement[bool]) -> tuple[int, bool]:
+    """Count matching rows, but stop at COUNT_CAP: ``(count, capped)``."""
+    inner = sa.select(sa.literal(1)).select_from(table).where(where).limit(COUNT_CAP + 1).subquery()
+    n = conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one()
+    return (COUNT_CAP, True) if n > COUNT_CAP else (n, False)
+
+
+def build_where(
+    conn: sa.Connection,
+    catalog: Catalog,
+    tables: dict[str, sa.Table],
+    entity: Entity,
+    filter: Any,
+    q: str | None,
+    restrictions: list[Any],
+    params: dict[str, Any],
+) -> sa.ColumnElement[bool]:
+    """The WHERE clause of a list: the user's filter, search and every permission restriction."""
+    table = tables[entity.name]
+    clauses: list[sa.ColumnElement[bool]] = []
+    if isinstance(filter, str) and filter.strip():
+        try:
+            filter = json.loads(filter)
+        except json.JSONDecodeError as exc:
+            raise BadRequest(f"filter is not valid JSON: {exc.msg}") from None
+    if filter:
+        if not isinstance(filter, dict):
+            raise BadRequest("filter must be a JSON object (a condition)")
+        problems = conditions.check(filter, entity, catalog)
+        if problems:
+            raise BadRequest("invalid filter: " + "; ".join(m for _p, m in problems))
+        clauses.append(conditions.to_sql(filter, entity.name, catalog, tables, params))
+    for cond in restrictions:
+        if cond is not None:
+            clauses.append(conditions.to_sql(cond, entity.name, catalog, tables, params))
+    if q and q.strip():
+        clauses.append(search_condition(conn, entity, table, q))
+    return sa.and_(*clauses) if clauses else sa.true()

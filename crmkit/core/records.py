@@ -1,0 +1,704 @@
+"""RecordStore: the one path every read and write of a record goes through.
+
+A write is one transaction: coerce and validate -> ``validate_record`` -> ``before_save`` ->
+write -> ``after_save`` -> audit; events reach ``track_event`` only after the commit. Admin, API,
+import, export and plugins all use this class, so they all give the same answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from crmkit.core import compute, conditions, permissions, queries, text
+from crmkit.core.actors import SYSTEM, Actor
+from crmkit.core.audit import AUDIT_TABLE, changes, encode
+from crmkit.core.catalog import Entity, Field
+from crmkit.core.db import write_connection
+from crmkit.core.errors import BadRequest, ConflictError, NotFound, PermissionDenied, ValidationError
+from crmkit.core.events import Event, dispatch
+from crmkit.core.fieldtypes import InvalidValue
+from crmkit.core.queries import Page
+from crmkit.core.tables import SEARCH_COLUMN
+from crmkit.plugins import PluginError, call_each
+
+if TYPE_CHECKING:
+    from crmkit.app import CRM
+
+SYSTEM_WRITABLE = ("owner", "team")  # system columns a user may set (if permitted)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _as_utc(value: Any) -> Any:
+    # SQLite hands back naive datetimes; everything crmkit stores is UTC.
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+class Tx:
+    """Writes and reads inside one transaction (``RecordStore.transaction``).
+
+    Multi-record workflows (lead conversion, merges, imports) use it so that all of their
+    writes commit together or not at all; events are delivered after the commit.
+    """
+
+    def __init__(self, store: RecordStore, conn: sa.Connection, actor: Actor, source: str):
+        self.store, self.conn, self.actor, self.source = store, conn, actor, source
+        self.events: list[Event] = []
+
+    def create(self, entity: str, values: Mapping[str, Any], *, actor: Actor | None = None) -> dict[str, Any]:
+        """Create a record in this transaction (see :meth:`RecordStore.create`)."""
+        return self.store._create(self, entity, values, actor or self.actor)
+
+    def update(
+        self, entity: str, id: int, values: Mapping[str, Any], *, version: int | None = None,
+        actor: Actor | None = None,
+    ) -> dict[str, Any]:
+        """Update a record in this transaction (see :meth:`RecordStore.update`)."""
+        return self.store._update(self, entity, id, values, version, actor or self.actor)
+
+    def delete(self, entity: str, id: int, *, version: int | None = None, actor: Actor | None = None) -> None:
+        """Delete a record in this transaction."""
+        self.store._delete(self, entity, id, version, actor or self.actor)
+
+    def get(self, entity: str, id: int, *, actor: Actor | None = None) -> dict[str, Any]:
+        """Read a record as this transaction sees it."""
+        return self.store._get(self.conn, entity, id, actor or self.actor)
+
+
+class RecordStore:
+    """Create, update, delete, get and list records of any catalog entity."""
+
+    def __init__(self, crm: CRM):
+        self.crm = crm
+        self.catalog = crm.catalog
+        self.tables = crm.schema.tables
+        self.audit_table = crm.system_tables[AUDIT_TABLE]
+        # Entities whose search text includes a path through a reference to the key entity:
+        # renaming an account must refresh its contacts' search text.
+        self._search_dependents: dict[str, list[tuple[str, str]]] = {}
+        for e in self.catalog:
+            for path in e.search_paths:
+                if "." in path:
+                    ref = path.split(".")[0]
+                    target = e.field(ref).to
+                    if target and (e.name, ref) not in self._search_dependents.get(target, []):
+                        self._search_dependents.setdefault(target, []).append((e.name, ref))
+
+    # ------------------------------------------------------------------------------------------
+    # Public API
+    # ------------------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self, *, actor: Actor = SYSTEM, source: str = "api") -> Iterator[Tx]:
+        """One transaction for several writes; events fire after it commits."""
+        with write_connection(self.crm.engine) as conn:
+            tx = Tx(self, conn, actor, source)
+            with conn.begin():
+                yield tx
+        dispatch(self.crm, tx.events)
+
+    def create(self, entity: str, values: Mapping[str, Any], *, actor: Actor, source: str = "api") -> dict[str, Any]:
+        """Validate and insert a record; returns it as stored (with id and version 1)."""
+        with self.transaction(actor=actor, source=source) as tx:
+            return tx.create(entity, values)
+
+    def update(
+        self, entity: str, id: int, values: Mapping[str, Any], *, actor: Actor, version: int | None = None,
+        source: str = "api",
+    ) -> dict[str, Any]:
+        """Change some fields of a record. A ``version`` other than the stored one is a conflict."""
+        with self.transaction(actor=actor, source=source) as tx:
+            return tx.update(entity, id, values, version=version)
+
+    def delete(self, entity: str, id: int, *, actor: Actor, version: int | None = None, source: str = "api") -> None:
+        """Delete a record (references decide: restrict refuses, cascade deletes, set_null clears)."""
+        with self.transaction(actor=actor, source=source) as tx:
+            tx.delete(entity, id, version=version)
+
+    def get(self, entity: str, id: int, *, actor: Actor) -> dict[str, Any]:
+        """One record as the actor may see it; NotFound when missing or outside their scope."""
+        with self.crm.engine.connect() as conn:
+            return self._get(conn, entity, id, actor)
+
+    def list(
+        self,
+        entity: str,
+        *,
+        actor: Actor,
+        filter: Any = None,
+        q: str | None = None,
+        sort: str | list[str] | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+        columns: Iterable[str] | None = None,
+        with_count: bool = True,
+        action: str = "read",
+    ) -> Page:
+        """A page of records: filtered, searched, sorted, keyset-paginated, permission-restricted."""
+        ent = self._entity(entity)
+        self._require(actor, action, ent, None)
+        table = self.tables[entity]
+        limit = max(1, min(int(limit or ent.list.page_size), queries.MAX_LIMIT))
+        keys = queries.parse_sort(ent, sort)
+        access = self.field_access(actor, entity)
+        wanted = self._columns(ent, columns, access, keys)
+        with self.crm.engine.connect() as conn:
+            where = queries.build_where(
+                conn, self.catalog, self.tables, ent, filter, q, self.restrictions(actor, ent, action),
+                actor.params(),
+            )
+            page_where = where
+            if cursor:
+                values = queries.decode_cursor(keys, cursor)
+                nulls_high = conn.dialect.name != "sqlite"
+                page_where = sa.and_(where, queries.keyset_condition(table, keys, values, nulls_high))
+            stmt = (
+                sa.select(*[table.c[c] for c in wanted])
+                .where(page_where)
+                .order_by(*queries.order_by(table, keys))
+                .limit(limit + 1)
+            )
+            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+            count, capped = queries.capped_count(conn, table, where) if with_count else (None, False)
+            has_more = len(rows) > limit
+            rows = rows[:limit]
+            next_cursor = queries.encode_cursor(keys, rows[-1]) if has_more and rows else None
+            many = [f for f in ent.user_fields if f.is_many and f.name in wanted]
+            items = [self._present(ent, r, access) for r in rows]
+            if many:
+                self._attach_many(conn, ent, items, many)
+        return Page(items, next_cursor, count, capped)
+
+    def titles(self, entity: str, ids: Iterable[int]) -> dict[int, str]:
+        """Display titles for record ids, in one query (reference columns, breadcrumbs)."""
+        ids = {int(i) for i in ids if i is not None}
+        if not ids:
+            return {}
+        ent = self._entity(entity)
+        table = self.tables[entity]
+        title_col = table.c[ent.title_field] if ent.title_field in table.c else table.c.id
+        extra = [table.c.first_name] if entity in ("lead", "contact") and "first_name" in table.c else []
+        with self.crm.engine.connect() as conn:
+            rows = conn.execute(sa.select(table.c.id, title_col, *extra).where(table.c.id.in_(sorted(ids))))
+            out = {}
+            for row in rows:
+                title = row[1]
+                if extra and row[2]:
+                    title = f"{title or ''} {row[2]}".strip()
+                out[row[0]] = str(title) if title not in (None, "") else f"#{row[0]}"
+            return out
+
+    def search_titles(self, entity: str, q: str, *, actor: Actor, limit: int = 10) -> list[tuple[int, str]]:
+        """Records matching ``q`` as (id, title) pairs, for reference autocomplete."""
+        ent = self._entity(entity)
+        if queries.SEARCH_COLUMN not in self.tables[entity].c:
+            flt = {ent.title_field: {"contains": q}} if q and ent.title_field != "id" else None
+            page = self.list(entity, actor=actor, filter=flt, limit=limit, with_count=False,
+                             columns=[ent.title_field])
+        else:
+            page = self.list(entity, actor=actor, q=q or None, limit=limit, with_count=False,
+                             columns=[ent.title_field])
+        titles = self.titles(entity, [r["id"] for r in page.items])
+        return [(r["id"], titles.get(r["id"], f"#{r['id']}")) for r in page.items]
+
+    def history(self, entity: str, id: int, *, actor: Actor) -> list[dict[str, Any]]:
+        """Field-level history of a record, oldest first (masked fields stay masked)."""
+        self.get(entity, id, actor=actor)  # permission check: no history of records you can't see
+        access = self.field_access(actor, entity)
+        t = self.audit_table
+        with self.crm.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t).where(t.c.entity == entity, t.c.record_id == id).order_by(t.c.id)
+            ).mappings().all()
+        out = []
+        for r in rows:
+            field = r["field"]
+            level = access.get(field, "read") if field else "read"
+            if level in ("none", "write-only"):
+                continue
+            old, new = r["old_value"], r["new_value"]
+            if level == "mask":
+                old, new = permissions.mask_value(old), permissions.mask_value(new)
+            out.append({
+                "at": _as_utc(r["at"]), "actor_id": r["actor_id"], "actor_name": r["actor_name"],
+                "source": r["source"], "action": r["action"], "field": field, "old": old, "new": new,
+            })
+        return out
+
+    def can(self, actor: Actor, action: str, entity: str, record: Mapping[str, Any] | None = None) -> bool:
+        """Whether ``actor`` may do ``action`` on the entity (or on this record)."""
+        ent = self._entity(entity)
+        try:
+            self._require(actor, action, ent, dict(record) if record is not None else None)
+        except PermissionDenied:
+            return False
+        return True
+
+    def field_access(self, actor: Actor, entity: str) -> dict[str, str]:
+        """Field -> write | read | mask | none (and write-only for passwords an admin may set)."""
+        return permissions.field_access(self._entity(entity), actor)
+
+    def restrictions(self, actor: Actor, entity: Entity, action: str = "read") -> list[Any]:
+        """Conditions AND-ed into every query of this actor (role scope + ``restrict_query`` hooks)."""
+        out: list[Any] = []
+        if action != "read":
+            out.append(permissions.scope_condition(entity, actor, action))
+        for _plugin, cond in call_each(self.crm.pm, "restrict_query", crm=self.crm, entity=entity.name, actor=actor):
+            out.append(cond)
+        return [c for c in out if c is not None]
+
+    # ------------------------------------------------------------------------------------------
+    # Internals: reading
+    # ------------------------------------------------------------------------------------------
+    def _entity(self, name: str) -> Entity:
+        if name not in self.catalog:
+            raise NotFound(f"no entity {name!r}")
+        return self.catalog[name]
+
+    def _require(self, actor: Actor, action: str, ent: Entity, record: dict[str, Any] | None) -> None:
+        for plugin, allowed in call_each(
+            self.crm.pm, "permission_allowed", crm=self.crm, actor=actor, action=action, entity=ent.name,
+            record=record,
+        ):
+            if allowed is False:
+                what = f"{action} this {ent.text(actor.locale)}" if record else f"{action} {ent.name} records"
+                raise PermissionDenied(f"you may not {what}")
+
+    def _columns(self, ent: Entity, columns: Iterable[str] | None, access: dict[str, str],
+                 keys: list[queries.SortKey]) -> list[str]:
+        table = self.tables[ent.name]
+        if columns is None:
+            names = [f for f in ent.fields if f != SEARCH_COLUMN]
+        else:
+            names = ["id", "version"] + [c for c in columns if c not in ("id", "version")]
+        names += [k.field for k in keys if k.field not in names]
+        out = []
+        for name in names:
+            if name not in ent.fields:
+                raise BadRequest(f"{ent.name} has no field {name!r}")
+            f = ent.fields[name]
+            if access.get(name) in ("none", "write-only") and not any(k.field == name for k in keys):
+                continue
+            if f.is_many or name in table.c:
+                out.append(name)
+        return list(dict.fromkeys(out))
+
+    def _present(self, ent: Entity, row: Mapping[str, Any], access: dict[str, str]) -> dict[str, Any]:
+        """A row as the actor sees it: hidden fields dropped, masked ones masked, UTC datetimes."""
+        out: dict[str, Any] = {}
+        for name, value in row.items():
+            if name == SEARCH_COLUMN:
+                continue
+            level = access.get(name, "read")
+            if level in ("none", "write-only"):
+                continue
+            out[name] = permissions.mask_value(value) if level == "mask" else _as_utc(value)
+        return out
+
+    def _fetch_row(self, conn: sa.Connection, ent: Entity, id: int, lock: bool = False) -> dict[str, Any] | None:
+        table = self.tables[ent.name]
+        stmt = sa.select(table).where(table.c.id == id)
+        if lock and conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).mappings().first()
+        if row is None:
+            return None
+        record = {k: _as_utc(v) for k, v in row.items() if k != SEARCH_COLUMN}
+        many = [f for f in ent.user_fields if f.is_many]
+        if many:
+            self._attach_many(conn, ent, [record], many)
+        return record
+
+    def _attach_many(self, conn: sa.Connection, ent: Entity, items: list[dict[str, Any]], many: list[Field]) -> None:
+        ids = [r["id"] for r in items]
+        for f in many:
+            link = self.crm.schema.link_tables[(ent.name, f.name)]
+            extra = [c for c in link.c if c.name not in ("id", "source_id", "target_id")]
+            rows = conn.execute(
+                sa.select(link.c.source_id, link.c.target_id, *extra)
+                .where(link.c.source_id.in_(ids)).order_by(link.c.id)
+            ).mappings()
+            by_source: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+            for r in rows:
+                entry = {"id": r["target_id"]}
+                entry.update({c.name: r[c.name] for c in extra})
+                by_source[r["source_id"]].append(entry)
+            for item in items:
+                item[f.name] = by_source.get(item["id"], [])
+
+    def _fetcher(self, conn: sa.Connection):
+        cache: dict[tuple[str, Any], Any] = {}
+
+        def fetch(entity: str, id: Any) -> dict[str, Any] | None:
+            if id is None:
+                return None
+            key = (entity, id)
+            if key not in cache:
+                table = self.tables[entity]
+                row = conn.execute(sa.select(table).where(table.c.id == id)).mappings().first()
+                cache[key] = dict(row) if row else None
+            return cache[key]
+
+        return fetch
+
+    def _visible(self, conn: sa.Connection, ent: Entity, record: dict[str, Any], actor: Actor, action: str) -> bool:
+        conds = [permissions.scope_condition(ent, actor, action)] + self.restrictions(actor, ent)
+        fetch = self._fetcher(conn)
+        return all(
+            conditions.evaluate(c, record, ent.name, self.catalog, fetch=fetch, params=actor.params())
+            for c in conds if c is not None
+        )
+
+    def _get(self, conn: sa.Connection, entity: str, id: int, actor: Actor) -> dict[str, Any]:
+        ent = self._entity(entity)
+        self._require(actor, "read", ent, None)
+        record = self._fetch_row(conn, ent, _int_id(id))
+        if record is None or not self._visible(conn, ent, record, actor, "read"):
+            raise NotFound(f"{ent.text(actor.locale)} #{id} not found")
+        self._require(actor, "read", ent, record)
+        return self._present(ent, record, self.field_access(actor, entity))
+
+    # ------------------------------------------------------------------------------------------
+    # Internals: writing
+    # ------------------------------------------------------------------------------------------
+    def _coerce(self, ent: Entity, values: Mapping[str, Any], actor: Actor, access: dict[str, str],
+                creating: bool) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        out: dict[str, Any] = {}
+        errors: list[dict[str, str]] = []
+        for name, value in values.items():
+            if name in ("id", "version", "created_at", "updated_at", "created_by", SEARCH_COLUMN):
+                continue  # system-managed; callers may echo them back harmlessly
+            f = ent.fields.get(name)
+            if f is None:
+                errors.append({"field": name, "message": f"unknown field of {ent.name}"})
+                continue
+            if f.system and name not in SYSTEM_WRITABLE:
+                continue
+            level = access.get(name, "write")
+            if level not in ("write", "write-only"):
+                errors.append({"field": name, "message": "you may not change this field"})
+                continue
+            if (f.compute or f.spec.get("readonly")) and not actor.system:
+                errors.append({"field": name, "message": "this field is read-only"})
+                continue
+            try:
+                out[name] = self.crm.field_types[f.type].coerce(f, value)
+            except InvalidValue as exc:
+                errors.append({"field": name, "message": str(exc)})
+            except (TypeError, ValueError) as exc:
+                errors.append({"field": name, "message": f"invalid value ({exc})"})
+        return out, errors
+
+    def _validate(self, conn: sa.Connection, ent: Entity, record: dict[str, Any], old: dict[str, Any] | None,
+                  actor: Actor) -> list[dict[str, str]]:
+        errors: list[dict[str, str]] = []
+        fetch = self._fetcher(conn)
+        table = self.tables[ent.name]
+        for f in ent.visible_fields:
+            value = record.get(f.name)
+            empty = value is None or value == "" or value == []
+            needed = f.required or (
+                f.required_if is not None
+                and conditions.evaluate(f.required_if, record, ent.name, self.catalog, fetch=fetch,
+                                        params=actor.params())
+            )
+            if needed and empty and not f.compute:
+                errors.append({"field": f.name, "message": "is required"})
+                continue
+            if empty:
+                continue
+            if f.unique and (old is None or old.get(f.name) != value):
+                dupe = conn.execute(
+                    sa.select(table.c.id).where(table.c[f.name] == value, table.c.id != record.get("id", 0)).limit(1)
+                ).first()
+                if dupe:
+                    errors.append({"field": f.name, "message": f"another {ent.name} already has this value"})
+            if f.is_reference and (old is None or old.get(f.name) != value):
+                if fetch(f.to, value) is None:
+                    errors.append({"field": f.name, "message": f"no {f.to} with id {value}"})
+            if f.is_many:
+                for item in value:
+                    if fetch(f.to, item["id"]) is None:
+                        errors.append({"field": f.name, "message": f"no {f.to} with id {item['id']}"})
+        for sysref, target in (("owner", "user"), ("team", "team")):
+            value = record.get(sysref)
+            if value is not None and ent.ownable and (old is None or old.get(sysref) != value):
+                if fetch(target, value) is None:
+                    errors.append({"field": sysref, "message": f"no {target} with id {value}"})
+        return errors
+
+    def _hook_errors(self, tx: Tx, ent: Entity, record: dict[str, Any], old: dict[str, Any] | None,
+                     actor: Actor) -> list[dict[str, str]]:
+        errors: list[dict[str, str]] = []
+        for plugin, result in call_each(
+            self.crm.pm, "validate_record", crm=self.crm, entity=ent, record=record, old=old, conn=tx.conn,
+            actor=actor,
+        ):
+            items = result if isinstance(result, list) else [result]
+            for item in items:
+                if isinstance(item, dict) and "message" in item:
+                    errors.append({"field": item.get("field", ""), "message": item["message"]})
+                elif isinstance(item, dict):
+                    errors += [{"field": k, "message": str(v)} for k, v in item.items()]
+                elif item:
+                    errors.append({"field": "", "message": f"{item} ({plugin})"})
+        return errors
+
+    def _finish_values(self, tx: Tx, ent: Entity, record: dict[str, Any]) -> None:
+        """Computed fields and the normalised search text, derived from the record."""
+        for f in ent.user_fields:
+            if f.compute:
+                value = compute.evaluate(f.compute, record)
+                try:
+                    record[f.name] = self.crm.field_types[f.type].coerce(f, value)
+                except InvalidValue:
+                    record[f.name] = None
+        if ent.search_paths and SEARCH_COLUMN in self.tables[ent.name].c:
+            record[SEARCH_COLUMN] = self._search_text(tx.conn, ent, record)
+
+    def _search_text(self, conn: sa.Connection, ent: Entity, record: Mapping[str, Any]) -> str:
+        fetch = self._fetcher(conn)
+        values: list[Any] = []
+        for path in ent.search_paths:
+            value = _path_value(self.catalog, ent, record, path, fetch)
+            values.extend(value if isinstance(value, list) else [value])
+        return text.search_text(values)
+
+    def _write_many(self, tx: Tx, ent: Entity, record_id: int, values: dict[str, Any]) -> None:
+        for f in ent.user_fields:
+            if f.is_many and f.name in values:
+                link = self.crm.schema.link_tables[(ent.name, f.name)]
+                tx.conn.execute(sa.delete(link).where(link.c.source_id == record_id))
+                seen = set()
+                rows = []
+                for item in values[f.name] or []:
+                    if item["id"] in seen:
+                        continue
+                    seen.add(item["id"])
+                    row = {"source_id": record_id, "target_id": item["id"]}
+                    for c in link.c:
+                        if c.name not in ("id", "source_id", "target_id") and c.name in item:
+                            tf = _through_field(f, c.name)
+                            try:
+                                row[c.name] = self.crm.field_types[tf.type].coerce(tf, item[c.name])
+                            except InvalidValue as exc:
+                                raise ValidationError([{"field": f"{f.name}.{c.name}", "message": str(exc)}]) from None
+                    rows.append(row)
+                if rows:
+                    tx.conn.execute(sa.insert(link), rows)
+
+    def _audit(self, tx: Tx, ent: Entity, actor: Actor, action: str, record_id: int,
+               old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if not ent.audit:
+            return
+        now = utcnow()
+        base = {"entity": ent.name, "record_id": record_id, "actor_id": actor.id,
+                "actor_name": actor.display_name or actor.username, "source": tx.source, "at": now}
+        rows = []
+        if action in ("create", "update"):
+            names = [f.name for f in ent.user_fields if f.type != "password"] + ["owner", "team"]
+            for name, before, after in changes(old, new or {}, [n for n in names if n in (new or {})]):
+                rows.append({**base, "action": action, "field": name, "old_value": encode(before),
+                             "new_value": encode(after)})
+            if action == "create" and not rows:
+                rows.append({**base, "action": "create", "field": None, "old_value": None, "new_value": None})
+        else:
+            rows.append({**base, "action": action, "field": None, "old_value": None,
+                         "new_value": json.dumps({"title": str((old or {}).get(ent.title_field))}, ensure_ascii=False)})
+        if rows:
+            tx.conn.execute(sa.insert(self.audit_table), rows)
+
+    def _run_hooks(self, hook: str, **kwargs: Any) -> None:
+        for _ in call_each(self.crm.pm, hook, crm=self.crm, **kwargs):
+            pass
+
+    def _create(self, tx: Tx, entity: str, values: Mapping[str, Any], actor: Actor) -> dict[str, Any]:
+        ent = self._entity(entity)
+        self._require(actor, "create", ent, None)
+        access = self.field_access(actor, entity)
+        coerced, errors = self._coerce(ent, values, actor, access, creating=True)
+        record: dict[str, Any] = {}
+        for f in ent.user_fields:
+            if f.name in coerced:
+                record[f.name] = coerced[f.name]
+            elif f.default is not None and not f.is_many:
+                try:
+                    record[f.name] = self.crm.field_types[f.type].coerce(f, f.default)
+                except InvalidValue:
+                    record[f.name] = None
+            elif f.is_many:
+                record[f.name] = []
+        if ent.ownable:
+            record["owner"] = coerced.get("owner", actor.id)
+            record["team"] = coerced.get("team", actor.primary_team)
+        if ent.ownable and not actor.system:
+            scope = permissions.scope(ent, actor, "create")
+            if scope == "own" and record["owner"] != actor.id:
+                errors.append({"field": "owner", "message": "you may only create records you own"})
+        if errors:
+            raise ValidationError(errors)
+        self._finish_values(tx, ent, record)
+        errors = self._validate(tx.conn, ent, record, None, actor) + self._hook_errors(tx, ent, record, None, actor)
+        if errors:
+            raise ValidationError(errors)
+        self._run_hooks("before_save", entity=ent, record=record, old=None, conn=tx.conn, actor=actor)
+        self._finish_values(tx, ent, record)
+        now = utcnow()
+        table = self.tables[entity]
+        row = {k: v for k, v in record.items() if k in table.c and not ent.fields.get(k, Field(k, "x", {})).is_many}
+        row.update(created_at=now, updated_at=now, created_by=actor.id, version=1)
+        new_id = tx.conn.execute(sa.insert(table).values(row).returning(table.c.id)).scalar_one()
+        self._write_many(tx, ent, new_id, record)
+        stored = self._fetch_row(tx.conn, ent, new_id)
+        self._run_hooks("after_save", entity=ent, record=stored, old=None, conn=tx.conn, actor=actor)
+        stored = self._fetch_row(tx.conn, ent, new_id) or stored
+        self._audit(tx, ent, actor, "create", new_id, None, stored)
+        tx.events.append(Event("record.created", entity, new_id, actor, {"record": stored}, tx.source))
+        return self._present(ent, stored, access)
+
+    def _update(self, tx: Tx, entity: str, id: int, values: Mapping[str, Any], version: int | None,
+                actor: Actor) -> dict[str, Any]:
+        ent = self._entity(entity)
+        id = _int_id(id)
+        old = self._fetch_row(tx.conn, ent, id, lock=True)
+        if old is None or not self._visible(tx.conn, ent, old, actor, "read"):
+            raise NotFound(f"{ent.text(actor.locale)} #{id} not found")
+        if not self._visible(tx.conn, ent, old, actor, "update"):
+            raise PermissionDenied(f"you may not change this {ent.text(actor.locale)}")
+        self._require(actor, "update", ent, old)
+        access = self.field_access(actor, entity)
+        if version is not None and int(version) != old["version"]:
+            raise ConflictError(
+                f"this {ent.text(actor.locale)} was changed by someone else (you edited version {version}, "
+                f"it is now version {old['version']}); reload to see their changes",
+                current=self._present(ent, old, access),
+            )
+        coerced, errors = self._coerce(ent, values, actor, access, creating=False)
+        if errors:
+            raise ValidationError(errors)
+        record = {**old, **coerced}
+        self._finish_values(tx, ent, record)
+        errors = self._validate(tx.conn, ent, record, old, actor) + self._hook_errors(tx, ent, record, old, actor)
+        if errors:
+            raise ValidationError(errors)
+        self._run_hooks("before_save", entity=ent, record=record, old=old, conn=tx.conn, actor=actor)
+        self._finish_values(tx, ent, record)
+        table = self.tables[entity]
+        row = {
+            k: v for k, v in record.items()
+            if k in table.c and k not in ("id", "created_at", "created_by", "version")
+            and (k == SEARCH_COLUMN or old.get(k) != v)
+        }
+        row.update(updated_at=utcnow(), version=old["version"] + 1)
+        result = tx.conn.execute(
+            sa.update(table).where(table.c.id == id, table.c.version == old["version"]).values(row)
+        )
+        if result.rowcount != 1:  # someone else committed between our read and write (SQLite)
+            raise ConflictError(f"this {ent.text(actor.locale)} was changed by someone else; reload")
+        self._write_many(tx, ent, id, coerced)
+        stored = self._fetch_row(tx.conn, ent, id)
+        self._run_hooks("after_save", entity=ent, record=stored, old=old, conn=tx.conn, actor=actor)
+        stored = self._fetch_row(tx.conn, ent, id) or stored
+        self._refresh_dependent_search(tx, ent, old, stored)
+        self._audit(tx, ent, actor, "update", id, old, stored)
+        changed = [k for k in stored if k not in ("updated_at", "version") and old.get(k) != stored.get(k)]
+        tx.events.append(Event("record.updated", entity, id, actor,
+                               {"record": stored, "old": old, "changed": changed}, tx.source))
+        return self._present(ent, stored, access)
+
+    def _refresh_dependent_search(self, tx: Tx, ent: Entity, old: dict[str, Any], new: dict[str, Any]) -> None:
+        for dep_name, ref in self._search_dependents.get(ent.name, []):
+            dep = self.catalog[dep_name]
+            paths = [p for p in dep.search_paths if p.startswith(ref + ".")]
+            fields = {p.split(".")[1] for p in paths}
+            if not any(old.get(f) != new.get(f) for f in fields):
+                continue
+            table = self.tables[dep_name]
+            rows = tx.conn.execute(sa.select(table).where(table.c[ref] == new["id"])).mappings().all()
+            for row in rows:
+                tx.conn.execute(
+                    sa.update(table).where(table.c.id == row["id"])
+                    .values({SEARCH_COLUMN: self._search_text(tx.conn, dep, dict(row))})
+                )
+
+    def _delete(self, tx: Tx, entity: str, id: int, version: int | None, actor: Actor) -> None:
+        ent = self._entity(entity)
+        id = _int_id(id)
+        old = self._fetch_row(tx.conn, ent, id, lock=True)
+        if old is None or not self._visible(tx.conn, ent, old, actor, "read"):
+            raise NotFound(f"{ent.text(actor.locale)} #{id} not found")
+        if not self._visible(tx.conn, ent, old, actor, "delete"):
+            raise PermissionDenied(f"you may not delete this {ent.text(actor.locale)}")
+        self._require(actor, "delete", ent, old)
+        if version is not None and int(version) != old["version"]:
+            raise ConflictError(f"this {ent.text(actor.locale)} was changed by someone else; reload")
+        self._check_restrict(tx, ent, id)
+        self._run_hooks("before_delete", entity=ent, record=old, conn=tx.conn, actor=actor)
+        table = self.tables[entity]
+        tx.conn.execute(sa.delete(table).where(table.c.id == id))
+        self._run_hooks("after_delete", entity=ent, record=old, conn=tx.conn, actor=actor)
+        self._audit(tx, ent, actor, "delete", id, old, None)
+        tx.events.append(Event("record.deleted", entity, id, actor, {"record": old}, tx.source))
+
+    def _check_restrict(self, tx: Tx, ent: Entity, id: int) -> None:
+        """Refuse a delete that ``on_delete: restrict`` references forbid, naming them (not a DB error)."""
+        blockers = []
+        for rel in self.catalog.relations_to(ent.name):
+            if rel.many or rel.on_delete != "restrict":
+                continue
+            t = self.tables[rel.entity]
+            n = tx.conn.execute(
+                sa.select(sa.func.count()).select_from(
+                    sa.select(t.c.id).where(t.c[rel.field] == id).limit(1000).subquery()
+                )
+            ).scalar_one()
+            if n:
+                blockers.append(f"{n} {self.catalog[rel.entity].text(plural=True).lower()} ({rel.field})")
+        if blockers:
+            raise ValidationError([{
+                "field": "",
+                "message": f"cannot delete: still referenced by {', '.join(blockers)}; move or delete those first",
+            }])
+
+
+def _int_id(id: Any) -> int:
+    try:
+        return int(id)
+    except (TypeError, ValueError):
+        raise NotFound(f"no record {id!r}") from None
+
+
+def _through_field(f: Field, name: str) -> Field:
+    spec = (f.spec.get("through") or {}).get(name) or {}
+    return Field(name, spec.get("type", "string"), {"en": name, "ja": name}, spec)
+
+
+def _path_value(catalog, ent: Entity, record: Mapping[str, Any], path: str, fetch) -> Any:
+    current: Mapping[str, Any] | None = record
+    entity = ent
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if current is None:
+            return None
+        value = current.get(part)
+        if i == len(parts) - 1:
+            if entity.fields[part].type in ("enum",) and value is not None:
+                opt = entity.fields[part].option(value)
+                return [value] + (list(opt.label.values()) if opt else [])
+            return value
+        target = entity.fields[part].to
+        current = fetch(target, value)
+        entity = catalog[target]
+    return None
+
+
+__all__ = ["RecordStore", "Tx", "Page", "PluginError"]

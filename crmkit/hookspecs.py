@@ -1,0 +1,370 @@
+"""The hooks plugins implement.
+
+Every hook receives ``crm`` (the :class:`crmkit.CRM` being run) and is called with keyword
+arguments only, so a plugin may accept just the arguments it needs (pluggy passes a subset).
+Hooks return data; the core decides what to do with it. ``docs/plugin_hooks.md`` documents each
+hook and a test fails when one is missing there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("crmkit")
+hookimpl = pluggy.HookimplMarker("crmkit")
+
+
+# -------------------------------------------------------------------------------------------------
+# Setup
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_hookspecs(pm: pluggy.PluginManager) -> None:
+    """Add a plugin's own hookspecs to the plugin manager (``pm.add_hookspecs(module)``).
+
+    Called once, before any other hook, for every registered plugin.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_config_schemas(crm: Any) -> dict[str, Any] | None:
+    """Return ``{section_name: json_schema}`` for the plugin's section of ``crmkit.yaml``.
+
+    The section is validated at start-up and by ``crmkit check``; errors name the file and line.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def startup(crm: Any) -> None:
+    """Called once after the catalog is built and the database engine exists.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def shutdown(crm: Any) -> None:
+    """Called once when the CRM is closed (end of a command or server).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add click commands or groups to the ``crmkit`` command line (``cli.add_command(...)``).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def prepare_jinja2_environment(crm: Any, env: Any) -> None:
+    """Change the admin's Jinja2 environment: add filters, globals or template loaders.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Schema
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def schema_paths(crm: Any) -> list[str] | None:
+    """Return directories (or files) of entity YAML the plugin ships.
+
+    They load after the built-in schemas and before the company's overlays.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_field_types(crm: Any) -> list[Any] | None:
+    """Return :class:`crmkit.FieldType` objects to add field types.
+
+    A type names its column, its value coercion, its YAML options (JSON Schema) and its widget.
+    Registering a name twice is an error.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def extend_entity(crm: Any, name: str, definition: dict[str, Any]) -> dict[str, Any] | None:
+    """Return ``{"fields": {...}}`` to add fields to entity ``name``.
+
+    ``definition`` is the merged YAML of the entity (read-only by convention). Prefix the field
+    names with the plugin's name (``scoring_score``); a clash with another field is a load error.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def schema_loaded(crm: Any, catalog: Any) -> list[str] | None:
+    """Inspect the finished catalog; return problem messages to refuse it.
+
+    Each message is reported by ``crmkit check`` and stops migrations.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Records (called inside the write transaction, with ``conn`` and ``actor``)
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def validate_record(
+    crm: Any, entity: Any, record: dict[str, Any], old: dict[str, Any] | None, conn: Any, actor: Any
+) -> list[Any] | dict[str, str] | None:
+    """Return extra validation errors for a record about to be saved.
+
+    Return ``{field: message}`` or a list of such dicts (``""`` as the field for record-level
+    messages). ``old`` is None on create. Errors refuse the save; nothing is written.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def before_save(
+    crm: Any, entity: Any, record: dict[str, Any], old: dict[str, Any] | None, conn: Any, actor: Any
+) -> None:
+    """Change ``record`` in place before it is written. Raising rolls the whole write back.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def after_save(
+    crm: Any, entity: Any, record: dict[str, Any], old: dict[str, Any] | None, conn: Any, actor: Any
+) -> None:
+    """Called after the row is written, inside the same transaction (write related rows here).
+
+    Raising rolls the whole write back, and the error names the plugin.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def before_delete(crm: Any, entity: Any, record: dict[str, Any], conn: Any, actor: Any) -> None:
+    """Called before a record is deleted, inside the transaction; raise to refuse the delete.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def after_delete(crm: Any, entity: Any, record: dict[str, Any], conn: Any, actor: Any) -> None:
+    """Called after a record is deleted, inside the same transaction.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def track_event(crm: Any, event: Any) -> None:
+    """Receive an event after its transaction committed (never for rolled-back writes).
+
+    ``event`` has ``name`` (``record.created``, ``record.updated``, ``record.deleted`` or a
+    plugin's own), ``entity``, ``record_id``, ``actor`` and ``data``. An exception here is logged
+    and never undoes the committed write.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Security
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def actor_from_request(crm: Any, request: Any) -> Any:
+    """Return the actor (user) making ``request``, or None if this plugin cannot tell.
+
+    firstresult: the first non-None answer wins. Session login and API tokens are built-in plugins.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def permission_allowed(crm: Any, actor: Any, action: str, entity: str, record: dict[str, Any] | None) -> bool | None:
+    """Return False to deny ``action`` (read/create/update/delete/export/...) on ``entity``.
+
+    ``record`` is None for entity-level checks. Any False denies; None means no opinion; the
+    built-in role rules from the entity YAML are one implementation.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def restrict_query(crm: Any, entity: str, actor: Any) -> Any:
+    """Return a condition (condition-language data) AND-ed into every list, API and export query.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Jobs and mail
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_job_handlers(crm: Any) -> dict[str, Any] | None:
+    """Return ``{job_name: callable(crm, payload, conn)}`` for background jobs.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_periodic_jobs(crm: Any) -> list[dict[str, Any]] | None:
+    """Return ``[{"name": job_name, "every": seconds, "payload": {...}}]`` run by the worker.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def mail_transport(crm: Any) -> Any:
+    """Return the object that sends mail (``send(message)``); SMTP is the trylast default.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_notification_channels(crm: Any) -> dict[str, Any] | None:
+    """Return ``{channel_name: callable(crm, user, notification)}`` (in-app and email are built in).
+
+    .. versionadded:: 0.1
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Admin UI
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def menu_links(crm: Any, actor: Any, request: Any) -> list[dict[str, str]] | None:
+    """Return ``[{"href": ..., "label": ...}]`` to add to the admin menu for this actor.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def dashboard_widgets(crm: Any, actor: Any, request: Any) -> list[dict[str, Any]] | None:
+    """Return widgets ``{"title": ..., "html": Markup}`` or ``{"title", "template", "context"}``.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_field_widgets(crm: Any) -> dict[str, str] | None:
+    """Return ``{widget_name: template_name}``; a field type or ``widget:`` option selects one.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def list_columns(crm: Any, entity: Any, actor: Any) -> list[dict[str, Any]] | None:
+    """Return extra list columns ``{"name", "label", "render": callable(record) -> str}``.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def render_cell(crm: Any, entity: Any, field: Any, value: Any, record: dict[str, Any], request: Any) -> Any:
+    """Return HTML (Markup) for one cell, or None to use the default rendering.
+
+    firstresult: the first non-None answer wins.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def record_panels(crm: Any, entity: Any, record: dict[str, Any], actor: Any, request: Any) -> list[dict[str, Any]] | None:
+    """Return panels for a record's 360° page: ``{"title", "html"}`` or ``{"title", "template", "context"}``.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def record_actions(crm: Any, entity: Any, record: dict[str, Any], actor: Any, request: Any) -> list[dict[str, Any]] | None:
+    """Return buttons for a record page: ``{"name", "label", "href"|"action", "method"}``.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def list_actions(crm: Any, entity: Any, actor: Any, request: Any) -> list[dict[str, Any]] | None:
+    """Return bulk actions offered on a list page: ``{"name", "label", "handler"}``.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def extra_template_vars(crm: Any, template: str, request: Any) -> dict[str, Any] | None:
+    """Return extra variables for rendering ``template``.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def extra_css_urls(crm: Any, template: str, request: Any) -> list[str] | None:
+    """Return stylesheet URLs (local paths) added to admin pages.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def extra_js_urls(crm: Any, template: str, request: Any) -> list[str] | None:
+    """Return script URLs (local paths) added to admin pages.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_routes(crm: Any) -> list[Any] | None:
+    """Return Starlette ``Route``/``Mount`` objects added to the application.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_middleware(crm: Any) -> list[Any] | None:
+    """Return Starlette ``Middleware`` objects wrapped around the application.
+
+    .. versionadded:: 0.1
+    """

@@ -1,0 +1,161 @@
+"""`crmkit check` and the schema loader: every problem reported at once, with file and line."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from crmkit import CRM, SchemaError
+from crmkit.core.loader import parse_yaml
+from tests.conftest import run_cli
+
+
+def write(project, name, text):
+    (project / "schemas" / name).write_text(textwrap.dedent(text), encoding="utf-8")
+
+
+def test_builtin_schemas_pass_check(project):
+    result = run_cli("check", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "OK:" in result.stdout
+
+
+def test_builtin_entities_have_en_and_ja_labels_everywhere(tmp_path):
+    crm = CRM(tmp_path, entry_points=False)
+    expected = {"lead", "account", "contact", "deal", "activity", "product_category", "product",
+                "deal_stage", "marketing_activity", "team", "user"}
+    assert expected <= set(crm.catalog.names())
+    for entity in crm.catalog:
+        assert entity.label["ja"] != entity.label["en"] or entity.label["en"] == "ID", entity.name
+        for f in entity.user_fields:
+            raw = f.spec.get("label")
+            assert isinstance(raw, dict) and raw.get("en") and raw.get("ja"), f"{entity.name}.{f.name}"
+            for opt in f.spec.get("options", ()):
+                assert opt["label"]["en"] and opt["label"]["ja"], f"{entity.name}.{f.name}={opt['value']}"
+
+
+def test_overlay_with_several_mistakes_reports_each_with_file_and_line(project):
+    write(project, "lead_extra.yaml", """\
+        extends: lead
+        fields:
+          budget: {type: mony, label: {en: Budget, ja: 予算}}
+          email: {type: string}
+          region: {type: string, colour: red}
+          partner: {type: reference, to: partnr}
+          vip: {type: boolean, visible_if: {no_such_field: true}}
+        """)
+    write(project, "broken.yaml", """\
+        entity: broken
+        fields:
+          name: {type: string
+        """)
+    write(project, "gadget.yaml", """\
+        entity: gadget
+        titel_field: name
+        fields:
+          name: {type: string}
+          name: {type: text}
+        """)
+    result = run_cli("check", cwd=project)
+    assert result.returncode == 1
+    err = result.stderr
+    lead = str(project / "schemas" / "lead_extra.yaml")
+    assert f"{lead}:3: fields.budget.type: unknown field type 'mony'" in err
+    assert "did you mean 'money'" in err
+    assert f"{lead}:4: fields.email: field lead.email is already defined at" in err
+    assert "lead.yaml:" in err  # the clash names both files
+    assert f"{lead}:5: fields.region.colour: option 'colour' does not apply to type 'string'" in err
+    assert f"{lead}:6: fields.partner.to: references unknown entity 'partnr'" in err
+    assert f"{lead}:7: fields.vip.visible_if" in err and "no_such_field" in err
+    assert f"{project / 'schemas' / 'broken.yaml'}:" in err and "YAML syntax error" in err
+    gadget = str(project / "schemas" / "gadget.yaml")
+    assert f"{gadget}:2: titel_field: unknown key 'titel_field' (did you mean 'title_field'?)" in err
+    assert f"{gadget}:5: fields.name: duplicate key 'name' (first at line 4)" in err
+    assert "problem(s) found" in err
+
+
+def test_bad_list_and_form_paths_are_reported(project):
+    write(project, "thing.yaml", """\
+        entity: thing
+        label: {en: Thing, ja: モノ}
+        fields:
+          name: {type: string, label: {en: Name, ja: 名前}}
+          account: {type: reference, to: account}
+        list:
+          columns: [name, account.nam, colour]
+          sort: [-nme]
+        form:
+          sections:
+            - {label: Main, fields: [name, acount]}
+        """)
+    with pytest.raises(SchemaError) as exc:
+        CRM(project, entry_points=False)
+    text = str(exc.value)
+    assert "thing.yaml:7: list.columns[1]" in text and "'nam'" in text
+    assert "thing.yaml:7: list.columns[2]" in text
+    assert "thing.yaml:8: list.sort[0]" in text
+    assert "thing.yaml:11: form.sections[0].fields[1]" in text and "did you mean 'account'" in text
+
+
+def test_overlay_cannot_redefine_system_columns_or_unknown_entity(project):
+    write(project, "x.yaml", """\
+        extends: leed
+        fields:
+          owner: {type: string}
+        """)
+    write(project, "y.yaml", """\
+        entity: widget
+        fields:
+          version: {type: integer}
+        """)
+    with pytest.raises(SchemaError) as exc:
+        CRM(project, entry_points=False)
+    text = str(exc.value)
+    assert "x.yaml:1: extends: cannot extend unknown entity 'leed' (did you mean 'lead'?)" in text
+    assert "y.yaml:3: fields.version: 'version' is a system column" in text
+
+
+def test_overlay_adds_fields_options_and_a_new_entity(project):
+    write(project, "lead_extra.yaml", """\
+        extends: lead
+        fields:
+          budget: {type: money, label: {en: Budget, ja: 予算}}
+          source:
+            options:
+              - {value: partner_portal, label: {en: Partner portal, ja: パートナーポータル}}
+        """)
+    write(project, "contract.yaml", """\
+        entity: contract
+        label: {en: Contract, ja: 契約}
+        fields:
+          title: {type: string, required: true, label: {en: Title, ja: 件名}}
+          account: {type: reference, to: account, inverse: contracts}
+        """)
+    crm = CRM(project, entry_points=False)
+    lead = crm.catalog["lead"]
+    assert lead.field("budget").type == "money"
+    assert lead.field("budget").text("ja") == "予算"
+    assert lead.field("source").option("partner_portal").text("ja") == "パートナーポータル"
+    assert lead.field("source").option("web") is not None  # built-in options kept
+    assert "contract" in crm.catalog
+    assert any(r.entity == "contract" and r.inverse == "contracts" for r in crm.catalog.relations_to("account"))
+    assert str(project / "schemas" / "lead_extra.yaml") in lead.sources
+
+
+def test_loader_keeps_line_numbers():
+    doc = parse_yaml("entity: a\nfields:\n  x: {type: string}\n  y:\n    type: integer\n", "f.yaml")
+    assert doc.line_of(("fields", "x")) == 3
+    assert doc.line_of(("fields", "y", "type")) == 5
+    assert doc.line_of(("fields", "y", "type", "nothing")) == 5
+
+
+def test_catalog_is_frozen(tmp_path):
+    crm = CRM(tmp_path, entry_points=False)
+    lead = crm.catalog["lead"]
+    with pytest.raises((AttributeError, TypeError)):
+        lead.name = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        lead.fields["x"] = None  # type: ignore[index]
+    with pytest.raises(TypeError):
+        lead.field("email").spec["type"] = "text"  # type: ignore[index]
