@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jsonschema
 import sqlalchemy as sa
 
 from crmkit.config import Config, load_config
@@ -15,6 +16,7 @@ from crmkit.core.assemble import build_catalog, builtin_schema_dir, yaml_files
 from crmkit.core.catalog import Catalog
 from crmkit.core.db import create_engine
 from crmkit.core.fieldtypes import FieldTypeRegistry
+from crmkit.core.loader import SchemaError, SchemaProblem
 from crmkit.core.system_tables import define_system_tables
 from crmkit.core.tables import NAMING_CONVENTION, Schema, build_schema
 from crmkit.plugins import PluginInfo, call_each, load_plugins, make_plugin_manager
@@ -57,6 +59,7 @@ class CRM:
             disabled=self.config.disable_plugins,
             entry_points=entry_points,
         )
+        self._check_plugin_config()
         self.field_types = FieldTypeRegistry()
         for _plugin, types in call_each(self.pm, "register_field_types", crm=self):
             for t in types:
@@ -68,6 +71,23 @@ class CRM:
         self.system_tables = define_system_tables(self.metadata)
         self.schema: Schema = build_schema(self.catalog, self.field_types, self.metadata)
         self._closed = False
+
+    def _check_plugin_config(self) -> None:
+        """Validate each plugin's section of crmkit.yaml against the schema it registered."""
+        problems: list[SchemaProblem] = []
+        source = self.config.source
+        for plugin, schemas in call_each(self.pm, "register_config_schemas", crm=self):
+            for section, schema in schemas.items():
+                if section not in self.config.raw:
+                    continue
+                for err in jsonschema.Draft202012Validator(schema).iter_errors(self.config.raw[section]):
+                    path = (section, *err.absolute_path)
+                    if source is not None:
+                        problems.append(source.problem(path, f"{err.message} (plugin {plugin})"))
+                    else:
+                        problems.append(SchemaProblem("crmkit.yaml", 1, ".".join(map(str, path)), err.message))
+        if problems:
+            raise SchemaError(problems)
 
     # -- schema --------------------------------------------------------------------------------
     def schema_files(self) -> list[Path]:

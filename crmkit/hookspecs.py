@@ -307,7 +307,9 @@ def render_cell(crm: Any, entity: Any, field: Any, value: Any, record: dict[str,
 
 
 @hookspec
-def record_panels(crm: Any, entity: Any, record: dict[str, Any], actor: Any, request: Any) -> list[dict[str, Any]] | None:
+def record_panels(
+    crm: Any, entity: Any, record: dict[str, Any], actor: Any, request: Any
+) -> list[dict[str, Any]] | None:
     """Return panels for a record's 360° page: ``{"title", "html"}`` or ``{"title", "template", "context"}``.
 
     .. versionadded:: 0.1
@@ -315,7 +317,9 @@ def record_panels(crm: Any, entity: Any, record: dict[str, Any], actor: Any, req
 
 
 @hookspec
-def record_actions(crm: Any, entity: Any, record: dict[str, Any], actor: Any, request: Any) -> list[dict[str, Any]] | None:
+def record_actions(
+    crm: Any, entity: Any, record: dict[str, Any], actor: Any, request: Any
+) -> list[dict[str, Any]] | None:
     """Return buttons for a record page: ``{"name", "label", "href"|"action", "method"}``.
 
     .. versionadded:: 0.1
@@ -365,6 +369,29 @@ def register_routes(crm: Any) -> list[Any] | None:
 @hookspec
 def register_middleware(crm: Any) -> list[Any] | None:
     """Return Starlette ``Middleware`` objects wrapped around the application.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# REST API
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_record_actions(crm: Any) -> list[Any] | None:
+    """Return record actions served at ``POST /api/v1/{entity}/{id}/{action}`` (``lead/…/convert``).
+
+    Each item is a :class:`crmkit.web.api.RecordAction` or a dict with its keys: ``entity``,
+    ``name``, ``handler`` and optionally ``description`` and ``input_schema`` (JSON Schema of the
+    request body, shown in the OpenAPI document). The API first reads the record as the caller
+    (404 if they may not see it), then calls ``handler`` with keyword arguments, passing those it
+    accepts of ``crm``, ``entity``, ``record``, ``payload`` (the JSON body, ``{}`` if empty) and
+    ``actor``. The handler writes through ``crm.records`` as ``actor`` (so permissions apply) and
+    returns the records it touched as ``{name: record | [records] | None}``, which is the response.
+    Registering the same entity and name twice is an error. Buttons for the admin UI are the
+    separate ``record_actions`` hook.
 
     .. versionadded:: 0.1
     """

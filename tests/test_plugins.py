@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 import pytest
+import sqlalchemy as sa
 
 from crmkit import CRM, FieldType, SchemaError, hookimpl
 from tests.conftest import run_cli

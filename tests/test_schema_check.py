@@ -30,7 +30,7 @@ def test_builtin_entities_have_en_and_ja_labels_everywhere(tmp_path):
         assert entity.label["ja"] != entity.label["en"] or entity.label["en"] == "ID", entity.name
         for f in entity.user_fields:
             raw = f.spec.get("label")
-            assert isinstance(raw, dict) and raw.get("en") and raw.get("ja"), f"{entity.name}.{f.name}"
+            assert raw is not None and raw.get("en") and raw.get("ja"), f"{entity.name}.{f.name}"
             for opt in f.spec.get("options", ()):
                 assert opt["label"]["en"] and opt["label"]["ja"], f"{entity.name}.{f.name}={opt['value']}"
 
@@ -65,7 +65,7 @@ def test_overlay_with_several_mistakes_reports_each_with_file_and_line(project):
     assert "did you mean 'money'" in err
     assert f"{lead}:4: fields.email: field lead.email is already defined at" in err
     assert "lead.yaml:" in err  # the clash names both files
-    assert f"{lead}:5: fields.region.colour: option 'colour' does not apply to type 'string'" in err
+    assert f"{lead}:5: fields.region.colour: unknown key 'colour'" in err
     assert f"{lead}:6: fields.partner.to: references unknown entity 'partnr'" in err
     assert f"{lead}:7: fields.vip.visible_if" in err and "no_such_field" in err
     assert f"{project / 'schemas' / 'broken.yaml'}:" in err and "YAML syntax error" in err

@@ -87,6 +87,10 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _problem_paths(doc: SourceDoc, problems: list[SchemaProblem]) -> list[tuple[str, ...]]:
+    return [tuple(p.path.replace("[", ".[").split(".")) if p.path else () for p in problems]
+
+
 def _schema_problems(doc: SourceDoc, validator: jsonschema.protocols.Validator) -> list[SchemaProblem]:
     out = []
     data = doc.data
@@ -137,10 +141,17 @@ class _Builder:
             if not isinstance(doc.data, dict):
                 self.problems.append(doc.problem((), "an entity file must be a mapping (`entity: name` ...)"))
                 continue
+            self.problems += doc.problems
             found = _schema_problems(doc, self.validator)
             self.problems += found
-            if not found:
-                docs.append(doc)
+            # Problems confined to single fields drop just those fields, so the rest of the
+            # file is still checked and every mistake is reported in one run.
+            bad_fields = {p[1] for p in _problem_paths(doc, found) if len(p) >= 2 and p[0] == "fields"}
+            if any(len(p) < 2 or p[0] != "fields" for p in _problem_paths(doc, found)):
+                continue
+            for name in bad_fields:
+                doc.data["fields"].pop(name, None)
+            docs.append(doc)
         return docs
 
     def add_base(self, doc: SourceDoc) -> None:
@@ -432,10 +443,11 @@ def build_catalog(
                     if not errs:
                         b.merge_fields(name, {fname: fdef}, lambda f, d=plugin_doc: _Origin(d, ("fields", f)))
     for name, d in b.defs.items():
-        for fname, fdef in (d.get("fields") or {}).items():
+        for fname, fdef in list((d.get("fields") or {}).items()):
+            before = len(b.problems)
             b.check_field(name, fname, fdef, b.field_origin[(name, fname)])
-    if b.problems:
-        raise SchemaError(b.problems)
+            if len(b.problems) > before:  # leave the broken field out and keep checking the rest
+                del d["fields"][fname]
     entities = {name: b.build_entity(name) for name in b.defs}
     relations = tuple(
         Relation(e.name, f.name, f.to, f.is_many, f.spec.get("inverse"), f.on_delete)

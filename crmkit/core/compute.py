@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
+from jinja2.exceptions import UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _env = ImmutableSandboxedEnvironment()
@@ -22,7 +23,7 @@ def evaluate(expr: str, record: Mapping[str, Any]) -> Any:
     """The expression's value for ``record``; None when an input is missing or the math fails."""
     try:
         value = compile_expression(expr)(**record)
-    except (TypeError, ArithmeticError, decimal.InvalidOperation, ValueError):
+    except (TypeError, ArithmeticError, decimal.InvalidOperation, ValueError, UndefinedError):
         return None
     if isinstance(value, float):
         value = decimal.Decimal(str(value))

@@ -44,6 +44,7 @@ class SourceDoc:
     file: str
     data: Any
     lines: dict[Path_, int] = field(default_factory=dict)
+    problems: list[SchemaProblem] = field(default_factory=list)  # non-fatal: duplicate keys
 
     def line_of(self, path: Iterable[str | int]) -> int:
         """Line of the value at ``path``, or of its nearest ancestor that has one."""
@@ -115,9 +116,8 @@ def parse_yaml(text: str, file: str) -> SourceDoc:
         raise SchemaError([SchemaProblem(file, 1, "", f"YAML error: {exc}")]) from None
     finally:
         loader.dispose()
-    if dupes:
-        raise SchemaError(SchemaProblem(file, line, format_path(p), msg) for p, line, msg in dupes)
-    return SourceDoc(file, data, lines)
+    # Duplicate keys are reported but the document is kept, so the rest of it is checked too.
+    return SourceDoc(file, data, lines, [SchemaProblem(file, line, format_path(p), msg) for p, line, msg in dupes])
 
 
 def load_yaml(path: str | Path) -> SourceDoc:

@@ -162,7 +162,7 @@ class RecordStore:
                 nulls_high = conn.dialect.name != "sqlite"
                 page_where = sa.and_(where, queries.keyset_condition(table, keys, values, nulls_high))
             stmt = (
-                sa.select(*[table.c[c] for c in wanted])
+                sa.select(*[table.c[c] for c in wanted if c in table.c])  # many-to-many: attached below
                 .where(page_where)
                 .order_by(*queries.order_by(table, keys))
                 .limit(limit + 1)
@@ -186,7 +186,7 @@ class RecordStore:
         ent = self._entity(entity)
         table = self.tables[entity]
         title_col = table.c[ent.title_field] if ent.title_field in table.c else table.c.id
-        extra = [table.c.first_name] if entity in ("lead", "contact") and "first_name" in table.c else []
+        extra: list = []
         with self.crm.engine.connect() as conn:
             rows = conn.execute(sa.select(table.c.id, title_col, *extra).where(table.c.id.in_(sorted(ids))))
             out = {}
@@ -265,7 +265,7 @@ class RecordStore:
         return self.catalog[name]
 
     def _require(self, actor: Actor, action: str, ent: Entity, record: dict[str, Any] | None) -> None:
-        for plugin, allowed in call_each(
+        for _plugin, allowed in call_each(
             self.crm.pm, "permission_allowed", crm=self.crm, actor=actor, action=action, entity=ent.name,
             record=record,
         ):
@@ -394,7 +394,7 @@ class RecordStore:
                 out[name] = self.crm.field_types[f.type].coerce(f, value)
             except InvalidValue as exc:
                 errors.append({"field": name, "message": str(exc)})
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, ArithmeticError) as exc:  # a type's bug must not be a 500
                 errors.append({"field": name, "message": f"invalid value ({exc})"})
         return out, errors
 
@@ -486,7 +486,9 @@ class RecordStore:
                     seen.add(item["id"])
                     row = {"source_id": record_id, "target_id": item["id"]}
                     for c in link.c:
-                        if c.name not in ("id", "source_id", "target_id") and c.name in item:
+                        if c.name not in ("id", "source_id", "target_id"):
+                            row[c.name] = None  # executemany needs the same keys in every row
+                        if c.name not in ("id", "source_id", "target_id") and item.get(c.name) is not None:
                             tf = _through_field(f, c.name)
                             try:
                                 row[c.name] = self.crm.field_types[tf.type].coerce(tf, item[c.name])

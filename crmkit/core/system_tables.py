@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from crmkit.core.audit import AUDIT_TABLE, define_audit_table
+from crmkit.core.tokens import TOKEN_TABLE, define_token_table
 
 SNAPSHOT_TABLE = "crmkit_schema_snapshot"
 
@@ -25,4 +26,5 @@ def define_system_tables(md: sa.MetaData) -> dict[str, sa.Table]:
         ),
     }
     tables[AUDIT_TABLE] = define_audit_table(md)
+    tables[TOKEN_TABLE] = define_token_table(md)
     return tables

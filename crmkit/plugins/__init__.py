@@ -1,0 +1,127 @@
+"""The plugin manager: built-in plugins, entry points and the project's ``plugins:`` list.
+
+A fresh manager per CRM object (as pytest does per run), so tests and several CRMs in one
+process never share hook state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from crmkit import hookspecs
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "crmkit"
+
+# Core features are plugins too; each module implements one family of hooks.
+BUILTIN_PLUGINS = (
+    "crmkit.plugins.field_types",
+    "crmkit.plugins.role_permissions",
+    "crmkit.plugins.api_tokens",
+    "crmkit.plugins.session_auth",
+    "crmkit.plugins.admin_dashboard",
+    "crmkit.plugins.admin_commands",
+)
+
+# Optional plugins shipped with crmkit; a project turns them on in crmkit.yaml (`plugins:`).
+CONTRIB_PLUGINS = {}
+
+
+class PluginError(Exception):
+    """A plugin hook raised; ``plugin`` names it so users know whom to blame."""
+
+    def __init__(self, plugin: str, hook: str, error: BaseException):
+        self.plugin, self.hook, self.error = plugin, hook, error
+        super().__init__(f"plugin {plugin!r} failed in {hook}: {error}")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What ``crmkit plugins`` prints about one loaded plugin."""
+
+    name: str
+    source: str  # "built-in", "entry point <dist>", "crmkit.yaml", "code"
+    hooks: tuple[str, ...]
+    version: str | None = None
+
+
+def make_plugin_manager() -> pluggy.PluginManager:
+    """A new manager with crmkit's hookspecs."""
+    pm = pluggy.PluginManager("crmkit")
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def load_plugins(
+    pm: pluggy.PluginManager,
+    *,
+    extra: list[Any] = (),
+    config_plugins: list[str] = (),
+    disabled: list[str] = (),
+    entry_points: bool = True,
+) -> dict[str, str]:
+    """Register built-ins, entry-point plugins, config plugins and objects in ``extra``.
+
+    Returns ``{plugin_name: source}``. ``disabled`` names plugins to leave out (built-ins too,
+    so a project can replace e.g. the SMTP transport).
+    """
+    sources: dict[str, str] = {}
+
+    def register(obj: Any, name: str, source: str) -> None:
+        if name in disabled or pm.get_plugin(name) is not None:
+            return
+        pm.register(obj, name=name)
+        sources[name] = source
+
+    for modname in BUILTIN_PLUGINS:
+        register(importlib.import_module(modname), modname, "built-in")
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                register(ep.load(), ep.name, f"entry point {ep.dist.name if ep.dist else ep.value}")
+            except Exception as exc:  # a broken third-party package must not stop the CRM
+                log.error("could not load plugin %s: %s", ep.name, exc)
+    for modname in config_plugins:
+        target = CONTRIB_PLUGINS.get(modname, modname)
+        register(importlib.import_module(target), modname, "crmkit.yaml")
+    for i, obj in enumerate(extra):
+        name = getattr(obj, "__name__", None) or f"{type(obj).__name__}-{i}"
+        register(obj, name, "code")
+    pm.hook.register_hookspecs(pm=pm)
+    pm.check_pending()
+    return sources
+
+
+def plugin_name(pm: pluggy.PluginManager, plugin: Any) -> str:
+    """The name a plugin object was registered under."""
+    return pm.get_name(plugin) or repr(plugin)
+
+
+def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+    """Call every implementation of a hook in pluggy's order, yielding ``(plugin_name, result)``.
+
+    Unlike ``pm.hook.X(...)`` this names the plugin whose implementation raised (as
+    :class:`PluginError`), which the record hooks need for "which plugin failed" messages.
+    """
+    hook = getattr(pm.hook, hook_name)
+    for impl in reversed(hook.get_hookimpls()):
+        if impl.hookwrapper or getattr(impl, "wrapper", False):
+            continue
+        args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
+        try:
+            result = impl.function(**args)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(impl.plugin_name, hook_name, exc) from exc
+        if result is not None:
+            yield impl.plugin_name, result
+

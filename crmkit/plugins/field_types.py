@@ -102,6 +102,8 @@ def coerce_decimal(f, value):
     if not number.is_finite():
         raise InvalidValue("must be a number")
     scale = f.spec.get("scale", 2 if f.type in ("money", "percent") else 6)
+    if abs(number) >= decimal.Decimal(10) ** (18 - scale):  # before quantize: it raises past 28 digits
+        raise InvalidValue("is too large")
     number = number.quantize(decimal.Decimal(1).scaleb(-scale), rounding=decimal.ROUND_HALF_UP)
     if abs(number) >= decimal.Decimal(10) ** (18 - scale):
         raise InvalidValue("is too large")
@@ -164,7 +166,10 @@ def coerce_datetime(f, value):
             raise InvalidValue("must be a date and time (YYYY-MM-DD HH:MM)") from None
     if result.tzinfo is None:
         result = result.replace(tzinfo=dt.UTC)
-    return result.astimezone(dt.UTC)
+    try:
+        return result.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+09:00 is before year 1 in UTC
+        raise InvalidValue("is out of range") from None
 
 
 def coerce_email(f, value):
@@ -236,7 +241,7 @@ def coerce_reference(f, value):
         ref = int(str(value).strip())
     except (TypeError, ValueError):
         raise InvalidValue("must be the id of a record") from None
-    if ref <= 0:
+    if ref <= 0 or ref > 2**31 - 1:  # id columns are 32-bit; larger ints overflow SQLite's driver
         raise InvalidValue("must be the id of a record")
     return ref
 

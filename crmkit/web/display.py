@@ -1,0 +1,263 @@
+"""Showing stored values: HTML for lists and detail pages, plain text for CSV exports.
+
+Every value is escaped here (``markupsafe.escape``) before it is put into markup, so a stored
+``<script>`` is shown as text everywhere. Reference titles are fetched in one query per target
+entity for a whole page (:meth:`Display.prefetch`), never per row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from markupsafe import Markup, escape
+
+from crmkit.web.templating import (
+    color_class,
+    format_date,
+    format_datetime,
+    format_money,
+    format_number,
+    format_percent,
+)
+
+if TYPE_CHECKING:
+    from crmkit.core.catalog import Entity, Field
+    from crmkit.web.site import PageContext
+
+ADDRESS_ORDER_JA = ("postal_code", "prefecture", "city", "street", "building", "country")
+ADDRESS_ORDER_EN = ("building", "street", "city", "prefecture", "postal_code", "country")
+_TEL_RE = re.compile(r"[^0-9+]")
+_CSV_DANGER = ("=", "+", "-", "@", "\t", "\r")
+
+
+def address_text(value: Any, lang: str = "en") -> str:
+    """An address mapping as one line (Japanese order in Japanese)."""
+    if not isinstance(value, Mapping):
+        return "" if value is None else str(value)
+    japanese = lang == "ja" or any(not str(v).isascii() for v in value.values() if v)
+    order = ADDRESS_ORDER_JA if japanese else ADDRESS_ORDER_EN
+    parts = []
+    for key in order:
+        part = value.get(key)
+        if part:
+            parts.append(f"〒{part}" if key == "postal_code" and japanese else str(part))
+    return (" " if japanese else ", ").join(parts)
+
+
+def file_url(entity: str, record_id: Any, field: str) -> str:
+    """Where an uploaded file of a record is served (behind login and permission checks)."""
+    return f"/admin/{entity}/{record_id}/file/{field}"
+
+
+class Display:
+    """Renders the values of one entity's records for one page (language, time zone, titles)."""
+
+    def __init__(self, ctx: PageContext, entity: Entity):
+        self.ctx = ctx
+        self.entity = entity
+        self.lang = ctx.lang
+        self.titles: dict[str, dict[int, str]] = {}
+        self._cell_hook = bool(ctx.crm.pm.hook.render_cell.get_hookimpls())
+
+    # -- titles ----------------------------------------------------------------------------------
+    def prefetch(self, records: Iterable[Mapping[str, Any]], fields: Iterable[Field]) -> None:
+        """Fetch the titles of every record referenced from ``records`` (one query per entity)."""
+        wanted: dict[str, set[int]] = {}
+        records = list(records)
+        for f in fields:
+            if f.type not in ("reference", "references") or not f.to:
+                continue
+            ids = wanted.setdefault(f.to, set())
+            for r in records:
+                value = r.get(f.name)
+                if f.type == "reference" and isinstance(value, int):
+                    ids.add(value)
+                elif f.type == "references" and isinstance(value, list):
+                    ids.update(i["id"] for i in value if isinstance(i, Mapping) and i.get("id"))
+        for target, ids in wanted.items():
+            missing = ids - set(self.titles.get(target, {}))
+            if missing:
+                self.titles.setdefault(target, {}).update(self.ctx.store.titles(target, missing))
+
+    def title(self, entity: str, id: int | None) -> str:
+        """A prefetched title (``#id`` when it was not fetched or the record is gone)."""
+        if id is None:
+            return ""
+        return self.titles.get(entity, {}).get(id, f"#{id}")
+
+    # -- HTML ------------------------------------------------------------------------------------
+    def cell(self, f: Field, record: Mapping[str, Any]) -> Markup:
+        """A list cell (plugins may take over through ``render_cell``)."""
+        value = record.get(f.name)
+        if self._cell_hook:
+            custom = self.ctx.crm.pm.hook.render_cell(
+                crm=self.ctx.crm,
+                entity=self.entity,
+                field=f,
+                value=value,
+                record=record,
+                request=self.ctx.request,
+            )
+            if custom is not None:
+                return Markup(custom) if isinstance(custom, Markup) else escape(custom)
+        return self.html(f, value, record, compact=True)
+
+    def html(
+        self, f: Field, value: Any, record: Mapping[str, Any] | None = None, compact: bool = False
+    ) -> Markup:
+        """A value as safe HTML: links for email/phone/url/references, chips for options."""
+        if value is None or value == "" or value == []:
+            return Markup("")
+        t = f.type
+        if t in ("string", "integer") and f.name == "id":
+            return escape(value)
+        if t == "email":
+            return Markup('<a href="mailto:{0}">{0}</a>').format(value)
+        if t == "phone":
+            return Markup('<a href="tel:{}">{}</a>').format(_TEL_RE.sub("", str(value)), value)
+        if t == "url":
+            text = str(value)
+            if not text.lower().startswith(("http://", "https://")):
+                return escape(text)
+            shown = re.sub(r"^https?://(www\.)?", "", text).rstrip("/")
+            if compact and len(shown) > 40:
+                shown = shown[:39] + "…"
+            return Markup('<a href="{}" target="_blank" rel="noopener noreferrer">{}</a>').format(text, shown)
+        if t == "enum":
+            return self.chip(f, value)
+        if t == "multi_enum":
+            values = value if isinstance(value, list) else [value]
+            return Markup(" ").join(self.chip(f, v) for v in values)
+        if t == "boolean":
+            label = self.ctx._("yes") if value else self.ctx._("no")
+            return Markup('<span class="bool bool-{}">{}</span>').format("y" if value else "n", label)
+        if t == "reference" and f.to:
+            return Markup('<a href="/admin/{}/{}">{}</a>').format(f.to, value, self.title(f.to, value))
+        if t == "references" and f.to:
+            items = [item for item in value if isinstance(item, Mapping)]
+            links = [
+                Markup('<a href="/admin/{}/{}">{}</a>').format(f.to, item["id"], self.title(f.to, item["id"]))
+                for item in items
+            ]
+            through = self.through_fields(f)
+            if compact or not through:
+                return Markup(", ").join(links)
+            return self.through_table(f, items, links, through)
+        if t == "text":
+            text = str(value)
+            if compact and len(text) > 80:
+                text = text[:79] + "…"
+            return Markup('<span class="pre">{}</span>').format(text)
+        if t in ("image", "file") and record is not None and record.get("id"):
+            url = file_url(self.entity.name, record["id"], f.name)
+            if t == "image" and not compact:
+                return Markup('<a href="{0}"><img class="thumb" src="{0}" alt="{1}"></a>').format(
+                    url, f.text(self.lang)
+                )
+            return Markup('<a href="{}">{}</a>').format(url, str(value).rsplit("/", 1)[-1])
+        if t == "json":
+            return Markup("<code>{}</code>").format(json.dumps(value, ensure_ascii=False, default=str)[:500])
+        if t == "password":
+            return Markup("••••••")
+        return escape(self.text(f, value))
+
+    def through_fields(self, f: Field) -> list[Field]:
+        """The ``through`` fields of a many-to-many field (quantity, unit price ...)."""
+        from crmkit.core.catalog import Field as CatalogField
+        from crmkit.core.catalog import make_label
+
+        return [
+            CatalogField(name, spec.get("type", "string"), make_label(spec.get("label"), name), spec)
+            for name, spec in (f.spec.get("through") or {}).items()
+        ]
+
+    def through_table(
+        self, f: Field, items: list[Mapping[str, Any]], links: list[Markup], through: list[Field]
+    ) -> Markup:
+        """Linked records with their ``through`` values, as a small table."""
+        head = Markup("").join(Markup('<th scope="col">{}</th>').format(t.text(self.lang)) for t in through)
+        rows = []
+        for item, link in zip(items, links, strict=True):
+            cells = Markup("").join(
+                Markup('<td class="{}">{}</td>').format(
+                    "num" if t.type in ("integer", "money", "decimal", "percent") else "",
+                    self.text(t, item.get(t.name)),
+                )
+                for t in through
+            )
+            rows.append(Markup("<tr><td>{}</td>{}</tr>").format(link, cells))
+        target = self.ctx.crm.catalog[f.to].text(self.lang) if f.to in self.ctx.crm.catalog else f.to
+        return Markup(
+            '<table class="mini"><thead><tr><th scope="col">{}</th>{}</tr></thead><tbody>{}</tbody></table>'
+        ).format(target, head, Markup("").join(rows))
+
+    def chip(self, f: Field, value: Any) -> Markup:
+        """An option as a coloured chip with its label in the UI language."""
+        opt = f.option(value)
+        if opt is None:
+            return Markup('<span class="chip c-none">{}</span>').format(value)
+        return Markup('<span class="chip {}">{}</span>').format(color_class(opt.color), opt.text(self.lang))
+
+    # -- text ------------------------------------------------------------------------------------
+    def text(self, f: Field, value: Any) -> str:
+        """A value as plain text (CSV, titles, timeline)."""
+        if value is None:
+            return ""
+        t = f.type
+        if t == "money":
+            return format_money(value, f.spec.get("currency", "JPY"))
+        if t == "percent":
+            return format_percent(value)
+        if t in ("decimal",):
+            return format_number(value)
+        if t == "integer":
+            return str(value) if f.name in ("id", "version", "sort_order") else format_number(value)
+        if t == "datetime" and isinstance(value, dt.datetime):
+            return format_datetime(value, self.ctx.tz, self.lang)
+        if t == "date" and isinstance(value, dt.date):
+            return format_date(value, self.lang)
+        if t == "boolean":
+            return self.ctx._("yes") if value else self.ctx._("no")
+        if t == "enum":
+            opt = f.option(value)
+            return opt.text(self.lang) if opt else str(value)
+        if t == "multi_enum":
+            values = value if isinstance(value, list) else [value]
+            return ", ".join(self.text_option(f, v) for v in values)
+        if t == "reference" and f.to:
+            return self.title(f.to, value)
+        if t == "references" and f.to:
+            return ", ".join(self.title(f.to, i["id"]) for i in value if isinstance(i, Mapping))
+        if t == "address":
+            return address_text(value, self.lang)
+        if t == "json":
+            return json.dumps(value, ensure_ascii=False, default=str)
+        if t == "password":
+            return ""
+        if isinstance(value, decimal.Decimal):
+            return format_number(value)
+        return str(value)
+
+    def text_option(self, f: Field, value: Any) -> str:
+        opt = f.option(value)
+        return opt.text(self.lang) if opt else str(value)
+
+    def csv(self, f: Field, value: Any) -> str:
+        """A value for a CSV cell, defused against spreadsheet formula injection."""
+        if f.type in ("money", "decimal", "percent", "integer") and value is not None:
+            return str(value)
+        if f.type == "datetime" and isinstance(value, dt.datetime):
+            return format_datetime(value, self.ctx.tz)
+        return csv_safe(self.text(f, value))
+
+
+def csv_safe(text: str) -> str:
+    """Prefix a cell that a spreadsheet would run as a formula (``=cmd|...``) with a quote."""
+    if text and text.startswith(_CSV_DANGER):
+        return "'" + text
+    return text

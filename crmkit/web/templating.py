@@ -1,0 +1,185 @@
+"""The admin's Jinja2 environment: autoescaping on, the admin_ui templates, formatting filters.
+
+Templates are looked up in the project's ``templates/`` directory first (so a company can override
+one page), then in the templates plugins add through ``prepare_jinja2_environment`` (by adding a
+loader to ``env.loader.loaders``), then in crmkit's ``admin_ui/templates``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import re
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, Undefined, select_autoescape
+from markupsafe import Markup
+
+from crmkit.plugins import call_each
+
+if TYPE_CHECKING:
+    from crmkit.app import CRM
+
+_HEX_RE = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
+
+
+def admin_ui_dir() -> Path:
+    """The installed ``admin_ui`` directory (templates/ and static/)."""
+    return Path(str(resources.files("crmkit.admin_ui")))
+
+
+def templates_dir() -> Path:
+    """Directory of crmkit's own admin templates."""
+    return admin_ui_dir() / "templates"
+
+
+def static_dir() -> Path:
+    """Directory of crmkit's admin CSS, JS and icons."""
+    return admin_ui_dir() / "static"
+
+
+def make_environment(crm: CRM) -> Environment:
+    """A new Jinja2 environment for ``crm``'s admin, after the ``prepare_jinja2_environment`` hooks."""
+    loaders = []
+    if crm.config.project_dir is not None and (crm.config.project_dir / "templates").is_dir():
+        loaders.append(FileSystemLoader(str(crm.config.project_dir / "templates")))
+    loaders.append(FileSystemLoader(str(templates_dir())))
+    env = Environment(
+        loader=ChoiceLoader(loaders),
+        autoescape=select_autoescape(("html", "htm", "xml", "svg"), default_for_string=True, default=True),
+        undefined=StrictUndefined if crm.config.raw.get("debug_templates") else Undefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+    )
+    env.filters.update(
+        money=format_money,
+        number=format_number,
+        percent=format_percent,
+        color_class=color_class,
+    )
+    for _plugin, _result in call_each(crm.pm, "prepare_jinja2_environment", crm=crm, env=env):
+        pass
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+CURRENCY_SYMBOLS = {"JPY": "¥", "USD": "$", "EUR": "€", "GBP": "£"}
+ZERO_DECIMAL_CURRENCIES = {"JPY", "KRW"}
+
+
+def format_number(value: Any, places: int | None = None) -> str:
+    """``1234567.5`` -> ``1,234,567.5``; trailing zeros of Decimals dropped."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        if places is not None:
+            value = value.quantize(decimal.Decimal(1).scaleb(-places), rounding=decimal.ROUND_HALF_UP)
+        else:
+            value = value.normalize() if value == value.to_integral_value() else value
+            if value == value.to_integral_value():
+                value = value.quantize(decimal.Decimal(1))
+        return f"{value:,}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    try:
+        return f"{decimal.Decimal(str(value)):,}"
+    except decimal.InvalidOperation:
+        return str(value)
+
+
+def format_money(value: Any, currency: str = "JPY") -> str:
+    """``1234567`` -> ``¥1,234,567`` (JPY has no minor unit); other currencies keep two decimals."""
+    if value is None or value == "":
+        return ""
+    places = 0 if currency in ZERO_DECIMAL_CURRENCIES else 2
+    try:
+        number = decimal.Decimal(str(value))
+    except decimal.InvalidOperation:
+        return str(value)
+    text = format_number(number, places)
+    symbol = CURRENCY_SYMBOLS.get(currency)
+    if symbol is None:
+        return f"{text} {currency}"
+    return f"-{symbol}{text[1:]}" if text.startswith("-") else f"{symbol}{text}"
+
+
+def format_percent(value: Any) -> str:
+    """``Decimal('40.00')`` -> ``40%``."""
+    if value is None or value == "":
+        return ""
+    return f"{format_number(decimal.Decimal(str(value)).normalize())}%"
+
+
+def zone(name: str | None, fallback: str = "Asia/Tokyo") -> dt.tzinfo:
+    """A time zone by name, falling back to ``fallback`` and then UTC for unknown names."""
+    for candidate in (name, fallback):
+        if candidate:
+            try:
+                return ZoneInfo(candidate)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return dt.UTC
+
+
+def local_datetime(value: dt.datetime | None, tz: dt.tzinfo) -> dt.datetime | None:
+    """A stored (UTC) datetime in the user's time zone."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(tz)
+
+
+def format_datetime(value: dt.datetime | None, tz: dt.tzinfo, lang: str = "en") -> str:
+    """``2026-11-23 14:05`` in the user's zone (the same compact form in both languages)."""
+    local = local_datetime(value, tz)
+    return local.strftime("%Y-%m-%d %H:%M") if local else ""
+
+
+def format_date(value: dt.date | None, lang: str = "en") -> str:
+    """ISO dates read well in both languages: ``2026-11-23``."""
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    return value.isoformat()
+
+
+def normalize_color(value: str | None) -> str | None:
+    """``#2563EB`` / ``2563eb`` / ``#25e`` -> ``2563eb``; None for anything that is not a colour."""
+    if not value:
+        return None
+    m = _HEX_RE.match(str(value).strip())
+    if not m:
+        return None
+    hexpart = m.group(1).lower()
+    if len(hexpart) == 3:
+        hexpart = "".join(c * 2 for c in hexpart)
+    return hexpart[:6]
+
+
+def color_class(value: str | None) -> str:
+    """The CSS class carrying a colour from ``palette.css`` (``c-2563eb``), or ``c-none``."""
+    hexpart = normalize_color(value)
+    return f"c-{hexpart}" if hexpart else "c-none"
+
+
+def palette_css(colors: set[str]) -> str:
+    """CSS rules ``.c-<hex>{--c:#<hex>}`` for every colour used by enum options (no inline styles)."""
+    rules = [".c-none{--c:#94a3b8}"]
+    for hexpart in sorted(c for c in (normalize_color(x) for x in colors) if c):
+        rules.append(f".c-{hexpart}{{--c:#{hexpart}}}")
+    return "\n".join(rules) + "\n"
+
+
+def markup(html: str) -> Markup:
+    """Mark trusted HTML built by the admin itself (every value inside already escaped)."""
+    return Markup(html)
