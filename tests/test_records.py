@@ -281,3 +281,12 @@ def test_search_through_reference_updates_when_parent_renamed(crm):
     store.update("account", acc["id"], {"name": "Brand New"}, actor=SYSTEM)
     assert store.list("deal", actor=SYSTEM, q="brand new").items
     assert not store.list("deal", actor=SYSTEM, q="old name").items
+
+
+def test_search_finds_company_across_legal_form_variants(crm):
+    store = crm.records
+    store.create("account", {"name": "テスト株式会社"}, actor=SYSTEM)
+    store.create("account", {"name": "別会社"}, actor=SYSTEM)
+    for q in ("(株)テスト", "株式会社テスト", "ﾃｽﾄ", "テスト ㈱"):
+        names = [r["name"] for r in store.list("account", actor=SYSTEM, q=q).items]
+        assert names == ["テスト株式会社"], q

@@ -172,18 +172,23 @@ def search_condition(conn: sa.Connection, entity: Entity, table: sa.Table, q: st
     """
     if SEARCH_COLUMN not in table.c:
         raise BadRequest(f"{entity.name} has no searchable fields")
-    words = [w for w in text.normalize_search(q).split(" ") if w]
-    clauses = []
-    for word in words:
-        like = sa.literal("%" + _escape_like(word) + "%")
-        if conn.dialect.name == "sqlite" and len(word) >= 3:
-            fts = sa.table(fts_table_name(entity.name), sa.column("rowid"))
-            phrase = '"' + word.replace('"', '""') + '"'
-            match = sa.text(f'"{fts_table_name(entity.name)}" MATCH :m').bindparams(m=phrase)
-            clauses.append(table.c.id.in_(sa.select(fts.c.rowid).where(match)))
-        else:
-            clauses.append(table.c[SEARCH_COLUMN].like(like, escape="\\"))
-    return sa.and_(*clauses) if clauses else sa.true()
+    variants = []
+    # Each folded form of the query (plain, and company-name folded so "(株)テスト" finds
+    # "テスト株式会社") is tried; within a form, every word must match.
+    for form in text.query_variants(q):
+        words = [w for w in form.split(" ") if w]
+        if words:
+            variants.append(sa.and_(*[_word_condition(conn, entity, table, w) for w in words]))
+    return sa.or_(*variants) if variants else sa.true()
+
+
+def _word_condition(conn: sa.Connection, entity: Entity, table: sa.Table, word: str) -> sa.ColumnElement[bool]:
+    if conn.dialect.name == "sqlite" and len(word) >= 3:
+        fts = sa.table(fts_table_name(entity.name), sa.column("rowid"))
+        phrase = '"' + word.replace('"', '""') + '"'
+        match = sa.text(f'"{fts_table_name(entity.name)}" MATCH :m').bindparams(m=phrase)
+        return table.c.id.in_(sa.select(fts.c.rowid).where(match))
+    return table.c[SEARCH_COLUMN].like(sa.literal("%" + _escape_like(word) + "%"), escape="\\")
 
 
 def _escape_like(value: str) -> str:
