@@ -11,16 +11,16 @@ import click
 
 from crmkit.core.loader import SchemaError
 
-
-def _project_option(f):
-    return click.option(
-        "--project",
-        "-p",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=lambda: os.environ.get("CRMKIT_PROJECT", "."),
-        show_default="current directory or $CRMKIT_PROJECT",
-        help="The project directory (holding crmkit.yaml and schemas/).",
-    )(f)
+project_option = click.option(
+    "--project",
+    "-p",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    envvar="CRMKIT_PROJECT",
+    show_default="current directory or $CRMKIT_PROJECT",
+    help="The project directory (holding crmkit.yaml and schemas/).",
+)
+"""The ``--project`` option every command (plugin commands too) uses to find the project."""
 
 
 def open_crm(project: Path, **kwargs):
@@ -76,7 +76,7 @@ def cli() -> None:
 
 
 @cli.command()
-@_project_option
+@project_option
 def check(project: Path) -> None:
     """Validate every schema file and plugin; print all problems as file:line: path: message."""
     crm = open_crm(project)
@@ -103,7 +103,7 @@ def init(directory: Path) -> None:
 
 
 @cli.command()
-@_project_option
+@project_option
 @click.option("--plan", "plan_only", is_flag=True, help="Print the steps and their SQL; change nothing.")
 @click.option("--prune", is_flag=True, help="Drop the columns of fields removed from the YAML (deprecated).")
 @click.option("--allow-destructive", is_flag=True, help="Allow steps that can lose data (type changes).")
@@ -128,7 +128,7 @@ def migrate(project: Path, plan_only: bool, prune: bool, allow_destructive: bool
 
 
 @cli.command("plugins")
-@_project_option
+@project_option
 def plugins_cmd(project: Path) -> None:
     """List loaded plugins, where each came from and the hooks it implements."""
     crm = open_crm(project)

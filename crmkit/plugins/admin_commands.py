@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from crmkit.cli import project_option
 from crmkit.hookspecs import hookimpl
 
 DEMO_DIR = Path("crmkit-demo")
@@ -23,15 +24,7 @@ def register_commands(cli):
     cli.add_command(screenshots)
 
 
-_project = click.option(
-    "--project",
-    "-p",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".",
-    envvar="CRMKIT_PROJECT",
-    show_default="current directory or $CRMKIT_PROJECT",
-    help="The project directory (holding crmkit.yaml and schemas/).",
-)
+_project = project_option
 
 
 def migrate(crm) -> None:

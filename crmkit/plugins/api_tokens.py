@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from crmkit.cli import project_option
 from crmkit.hookspecs import hookimpl
 
 # request.state.auth_method is "token" when this plugin identified the caller; the API skips the
@@ -52,15 +53,7 @@ def _open(project: Path):
     return open_crm(project)
 
 
-_project = click.option(
-    "--project",
-    "-p",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".",
-    envvar="CRMKIT_PROJECT",
-    show_default="current directory or $CRMKIT_PROJECT",
-    help="The project directory (holding crmkit.yaml and schemas/).",
-)
+_project = project_option
 
 
 @click.group()
