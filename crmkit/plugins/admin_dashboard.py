@@ -364,18 +364,10 @@ def kanban_page(ctx: PageContext) -> Response:
                 "version": r["version"],
                 "title": display.text(entity.fields[entity.title_field], r.get(entity.title_field))
                 or f"#{r['id']}",
-                "account": display.text(entity.fields["account"], r.get("account"))
-                if "account" in card_fields
-                else "",
-                "amount": display.text(entity.fields["amount"], r.get("amount"))
-                if "amount" in card_fields
-                else "",
-                "close_date": display.text(entity.fields["close_date"], r.get("close_date"))
-                if "close_date" in card_fields
-                else "",
-                "owner": display.text(entity.fields["owner"], r.get("owner"))
-                if "owner" in card_fields
-                else "",
+                **{
+                    name: display.text(entity.fields[name], r.get(name)) if name in card_fields else ""
+                    for name in ("account", "amount", "close_date", "owner")
+                },
             }
             for r in col["cards"]
         ]

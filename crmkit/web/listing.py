@@ -546,18 +546,22 @@ def csv_response(
         and not f.is_many
         and access.get(f.name) not in ("none", "write-only")
     ]
+    def fetch(cursor: str | None):
+        return ctx.store.list(
+            entity.name,
+            actor=ctx.actor,
+            filter=condition,
+            q=q,
+            sort=sort,
+            cursor=cursor,
+            limit=EXPORT_PAGE,
+            with_count=False,
+            action="export",
+            columns=[f.name for f in fields],
+        )
+
     # Check permission and the query once before streaming starts (errors become proper pages).
-    first = ctx.store.list(
-        entity.name,
-        actor=ctx.actor,
-        filter=condition,
-        q=q,
-        sort=sort,
-        limit=EXPORT_PAGE,
-        with_count=False,
-        action="export",
-        columns=[f.name for f in fields],
-    )
+    first = fetch(None)
 
     def rows() -> Iterator[str]:
         buf = io.StringIO()
@@ -573,18 +577,7 @@ def csv_response(
             yield _drain(buf)
             if not page.next_cursor:
                 break
-            page = ctx.store.list(
-                entity.name,
-                actor=ctx.actor,
-                filter=condition,
-                q=q,
-                sort=sort,
-                cursor=page.next_cursor,
-                limit=EXPORT_PAGE,
-                with_count=False,
-                action="export",
-                columns=[f.name for f in fields],
-            )
+            page = fetch(page.next_cursor)
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M")
     return StreamingResponse(
