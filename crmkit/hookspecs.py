@@ -335,6 +335,18 @@ def list_actions(crm: Any, entity: Any, actor: Any, request: Any) -> list[dict[s
 
 
 @hookspec
+def register_ui_strings(crm: Any) -> dict[str, tuple[str, str]] | None:
+    """Return the admin words a plugin uses, ``{key: (english, japanese)}``.
+
+    Templates and handlers look them up like the built-in ones (``ctx._("my_key", n=3)``;
+    ``{placeholders}`` are filled with ``str.format``). A plugin's key never replaces a built-in
+    one, so plugins should prefix their keys (``scoring_…``).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
 def extra_template_vars(crm: Any, template: str, request: Any) -> dict[str, Any] | None:
     """Return extra variables for rendering ``template``.
 

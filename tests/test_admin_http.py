@@ -17,7 +17,6 @@ import pytest
 
 from crmkit import CRM
 from crmkit.core.actors import SYSTEM
-from crmkit.core.passwords import hash_password
 from crmkit.plugins.admin_commands import migrate
 from tests.conftest import run_cli
 
@@ -25,79 +24,19 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-PASSWORD = "correct horse"
-PASSWORD_HASH = hash_password(PASSWORD)  # argon2 is slow on purpose: hash once, store the hash directly
-XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+from tests.support import PASSWORD, PASSWORD_HASH, XSS, csrf_of, login, make_crm, make_org, owned, token  # noqa: E402,F401
 
 
 @pytest.fixture
 def crm(tmp_path, db_url):
-    crm = CRM(tmp_path, database_url=db_url, entry_points=False)
-    migrate(crm)
+    crm = make_crm(tmp_path, db_url)
     yield crm
     crm.close()
 
 
 @pytest.fixture
 def org(crm):
-    """Teams East and West; admin, alice (rep, East), bob (rep, West), mia (manager, East); master data."""
-    store = crm.records
-    east = store.create("team", {"name": "East"}, actor=SYSTEM)
-    west = store.create("team", {"name": "West"}, actor=SYSTEM)
-    users = {}
-    for username, role, team, locale in [
-        ("admin", "admin", east, "en"),
-        ("alice", "sales_rep", east, "en"),
-        ("bob", "sales_rep", west, "en"),
-        ("mia", "manager", east, "ja"),
-    ]:
-        users[username] = store.create(
-            "user",
-            {
-                "username": username,
-                "display_name": username.title(),
-                "role": role,
-                "primary_team": team["id"],
-                "password": PASSWORD_HASH,
-                "locale": locale,
-            },
-            actor=SYSTEM,
-        )
-    stages = [
-        store.create("deal_stage", {"name": n, "sort_order": i, "probability": p, "color": c}, actor=SYSTEM)
-        for i, (n, p, c) in enumerate(
-            [("Prospecting", 10, "#2563eb"), ("Proposal", 40, "#7c3aed"), ("Negotiation", 80, "#ea580c")]
-        )
-    ]
-    return {"teams": {"east": east, "west": west}, "users": users, "stages": stages}
-
-
-def owned(org, username):
-    user = org["users"][username]
-    return {"owner": user["id"], "team": user["primary_team"]}
-
-
-def login(crm, username="admin", password=PASSWORD, base_url="http://testserver"):
-    client = TestClient(crm.asgi(), base_url=base_url, follow_redirects=False)
-    page = client.get("/admin/login")
-    response = client.post(
-        "/admin/login",
-        data={"username": username, "password": password, "_csrf": csrf_of(page.text), "next": "/admin/"},
-    )
-    assert response.status_code == 303, response.text[:500]
-    return client
-
-
-def csrf_of(html: str) -> str:
-    m = re.search(r'name="csrf-token" content="([^"]*)"', html) or re.search(
-        r'name="_csrf" value="([^"]+)"', html
-    )
-    assert m, "no CSRF token in page"
-    return m.group(1)
-
-
-def token(client) -> str:
-    return csrf_of(client.get("/admin/").text)
+    return make_org(crm)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,3 +110,30 @@ def test_plugins_command_lists_builtins_and_config_plugins(project):
     assert "crmkit.plugins.field_types  [built-in]" in result.stdout
     assert "my_plugin  [crmkit.yaml]" in result.stdout
     assert "schema_loaded" in result.stdout
+
+
+def test_plugin_ui_strings_are_translated_on_plugin_pages(tmp_path, db_url):
+    """register_ui_strings: a plugin page speaks the user's language; built-in keys cannot be replaced."""
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    from crmkit.web.site import admin_page
+    from tests.support import login, make_crm, make_org
+
+    def hello(ctx):
+        return HTMLResponse(f"<p>{ctx._('hello_plugin_greeting', name='Mia')}|{ctx._('sign_out')}</p>")
+
+    class Greeter:
+        @hookimpl
+        def register_ui_strings(self, crm):
+            return {"hello_plugin_greeting": ("Hello {name}", "{name}さん、こんにちは"), "sign_out": ("X", "X")}
+
+        @hookimpl
+        def register_routes(self, crm):
+            return [Route("/admin/hello", admin_page(hello))]
+
+    crm = make_crm(tmp_path, db_url, plugins=[Greeter()])
+    make_org(crm)
+    assert "Hello Mia|Sign out" in login(crm, "admin").get("/admin/hello").text
+    assert "Miaさん、こんにちは|ログアウト" in login(crm, "mia").get("/admin/hello").text
+    crm.close()

@@ -187,9 +187,12 @@ STRINGS: dict[str, tuple[str, str]] = {
 }
 
 
-def t(key: str, lang: str = "en", **kwargs: Any) -> str:
-    """The UI string ``key`` in ``lang``, formatted with ``kwargs``; an unknown key is returned as is."""
-    pair = STRINGS.get(key)
+def t(key: str, lang: str = "en", *, extra: dict[str, tuple[str, str]] | None = None, **kwargs: Any) -> str:
+    """The UI string ``key`` in ``lang``, formatted with ``kwargs``; an unknown key is returned as is.
+
+    ``extra`` holds the strings plugins registered (``register_ui_strings``); built-ins win.
+    """
+    pair = STRINGS.get(key) or (extra.get(key) if extra else None)
     if pair is None:
         text = key
     else:
@@ -200,11 +203,26 @@ def t(key: str, lang: str = "en", **kwargs: Any) -> str:
 class Translator:
     """``_("save")`` in templates: :func:`t` bound to one language."""
 
-    def __init__(self, lang: str):
+    def __init__(self, lang: str, extra: dict[str, tuple[str, str]] | None = None):
         self.lang = lang if lang in LANGUAGES else "en"
+        self.extra = extra
 
     def __call__(self, key: str, **kwargs: Any) -> str:
-        return t(key, self.lang, **kwargs)
+        return t(key, self.lang, extra=self.extra, **kwargs)
+
+
+def plugin_strings(crm: Any) -> dict[str, tuple[str, str]]:
+    """The ``register_ui_strings`` of every plugin, merged once per CRM."""
+    cached = getattr(crm, "_ui_strings", None)
+    if cached is None:
+        from crmkit.plugins import call_each
+
+        cached = {}
+        for _plugin, strings in call_each(crm.pm, "register_ui_strings", crm=crm):
+            for key, pair in strings.items():
+                cached.setdefault(key, tuple(pair))
+        crm._ui_strings = cached
+    return cached
 
 
 def parse_accept_language(header: str | None) -> str | None:

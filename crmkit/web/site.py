@@ -29,7 +29,7 @@ from crmkit.core.actors import Actor
 from crmkit.core.errors import CRMError, PermissionDenied
 from crmkit.plugins import PluginError, call_each
 from crmkit.web import auth
-from crmkit.web.i18n import Translator, choose_language
+from crmkit.web.i18n import Translator, choose_language, plugin_strings
 from crmkit.web.templating import make_environment, palette_css, static_dir, zone
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class PageContext:
 
     @property
     def _(self) -> Translator:  # noqa: N802 - the conventional gettext name
-        return Translator(self.lang)
+        return Translator(self.lang, plugin_strings(self.site.crm))
 
     @property
     def params(self) -> dict[str, Any]:
