@@ -19,7 +19,7 @@ from crmkit.core.fieldtypes import FieldTypeRegistry
 from crmkit.core.loader import SchemaError, SchemaProblem
 from crmkit.core.system_tables import define_system_tables
 from crmkit.core.tables import NAMING_CONVENTION, Schema, build_schema
-from crmkit.plugins import PluginInfo, call_each, load_plugins, make_plugin_manager
+from crmkit.plugins import PluginError, PluginInfo, call_each, load_plugins, make_plugin_manager
 
 if TYPE_CHECKING:
     from crmkit.core.records import RecordStore
@@ -69,6 +69,11 @@ class CRM:
         )
         self.metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
         self.system_tables = define_system_tables(self.metadata)
+        for plugin, tables in call_each(self.pm, "register_tables", crm=self, metadata=self.metadata):
+            for table in tables:
+                if table.metadata is not self.metadata:
+                    raise PluginError(plugin, "register_tables", ValueError(f"{table.name}: not on crm.metadata"))
+                self.system_tables[table.name] = table
         self.schema: Schema = build_schema(self.catalog, self.field_types, self.metadata)
         self._closed = False
 

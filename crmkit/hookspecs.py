@@ -228,6 +228,20 @@ def restrict_query(crm: Any, entity: str, actor: Any) -> Any:
 
 
 @hookspec
+def register_tables(crm: Any, metadata: Any) -> list[Any] | None:
+    """Define a plugin's own tables (not entities) on ``metadata`` and return them.
+
+    For data that is not a record users edit: ledgers, queues, counters. Build each
+    ``sqlalchemy.Table`` on the given ``metadata``, with a name prefixed by the plugin
+    (``scoring_ledger``), so ``crmkit migrate`` creates and later alters it like the entity tables.
+    They are reachable afterwards as ``crm.system_tables[name]``. Entities users see and edit
+    belong in YAML (``schema_paths``) instead.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
 def register_job_handlers(crm: Any) -> dict[str, Any] | None:
     """Return ``{job_name: callable(crm, payload, conn)}`` for background jobs.
 

@@ -137,3 +137,21 @@ def test_plugin_ui_strings_are_translated_on_plugin_pages(tmp_path, db_url):
     assert "Hello Mia|Sign out" in login(crm, "admin").get("/admin/hello").text
     assert "Miaさん、こんにちは|ログアウト" in login(crm, "mia").get("/admin/hello").text
     crm.close()
+
+
+def test_plugin_tables_are_created_by_migrate(tmp_path, db_url):
+    """register_tables: a plugin's ledger table is created by the same migration as the entities."""
+    from tests.support import make_crm
+
+    class Ledger:
+        @hookimpl
+        def register_tables(self, crm, metadata):
+            return [sa.Table("ledger_points", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                             sa.Column("points", sa.Numeric(10, 2), nullable=False))]
+
+    crm = make_crm(tmp_path, db_url, plugins=[Ledger()])
+    table = crm.system_tables["ledger_points"]
+    with crm.engine.begin() as conn:
+        conn.execute(table.insert().values(points=3))
+        assert conn.execute(sa.select(table.c.points)).scalar_one() == 3
+    crm.close()
