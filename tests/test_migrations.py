@@ -145,7 +145,10 @@ def test_first_migrate_creates_everything_then_nothing_to_do(cli, db_url, backen
         assert (("marketing_activity",), "marketing_activity", "SET NULL") in fks
         contact_fks = {f["referred_table"] for f in insp.get_foreign_keys("contact")}
         assert "account" in contact_fks
-        assert "ix_lead_status" in {i["name"] for i in insp.get_indexes("lead")}
+        indexes = {i["name"]: i["column_names"] for i in insp.get_indexes("lead")}
+        assert indexes["ix_lead_status_id"] == ["status", "id"]  # a filter that is also a sortable column
+        assert indexes["ix_lead_last_name_id"] == ["last_name", "id"]  # a sortable list column
+        assert indexes["ix_lead_industry"] == ["industry"]  # a filter only
         snapshot = load_snapshot(conn)
         assert snapshot["entities"]["lead"]["fields"]["last_name"]["type"] == "string"
         assert "last_name" in snapshot["tables"]["lead"]["columns"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -11,6 +13,7 @@ from crmkit import CRM, hookimpl
 from crmkit.core.actors import SYSTEM, Actor
 from crmkit.core.errors import BadRequest, ConflictError, NotFound, PermissionDenied, ValidationError
 from crmkit.core.migrations import apply_migration
+from crmkit.core.records import utcnow
 from crmkit.plugins import PluginError
 
 
@@ -113,16 +116,12 @@ def test_stale_version_is_a_conflict_never_an_overwrite(crm):
 
 def test_many_to_many_with_through_fields(crm):
     store = crm.records
-    acc = store.create("account", {"name": "M2M"}, actor=SYSTEM)
-    stage = store.create("deal_stage", {"name": "S", "sort_order": 1, "probability": 10}, actor=SYSTEM)
-    p1 = store.create("product", {"name": "Widget", "unit_price": 100}, actor=SYSTEM)
-    p2 = store.create("product", {"name": "Gadget", "unit_price": 250}, actor=SYSTEM)
-    deal = store.create("deal", {"name": "D", "account": acc["id"], "stage": stage["id"],
-                                 "products": [{"id": p1["id"], "quantity": 3, "unit_price": "90"},
-                                              {"id": p2["id"], "quantity": 1}]}, actor=SYSTEM)
-    got = store.get("deal", deal["id"], actor=SYSTEM)
-    assert [(p["id"], p["quantity"]) for p in got["products"]] == [(p1["id"], 3), (p2["id"], 1)]
-    assert got["products"][0]["unit_price"] == decimal.Decimal("90.00")
+    u1 = store.create("user", {"username": "u1", "display_name": "U1", "role": "sales_rep"}, actor=SYSTEM)
+    u2 = store.create("user", {"username": "u2", "display_name": "U2", "role": "sales_rep"}, actor=SYSTEM)
+    team = store.create("team", {"name": "T", "members": [{"id": u1["id"], "role": "manager"},
+                                                          {"id": u2["id"], "role": "member"}]}, actor=SYSTEM)
+    got = store.get("team", team["id"], actor=SYSTEM)
+    assert [(m["id"], m["role"]) for m in got["members"]] == [(u1["id"], "manager"), (u2["id"], "member")]
 
 
 def test_delete_restricted_by_references_names_them(crm):
@@ -290,3 +289,29 @@ def test_search_finds_company_across_legal_form_variants(crm):
     for q in ("(株)テスト", "株式会社テスト", "ﾃｽﾄ", "テスト ㈱"):
         names = [r["name"] for r in store.list("account", actor=SYSTEM, q=q).items]
         assert names == ["テスト株式会社"], q
+
+
+def test_list_filter_on_now_is_evaluated_on_every_call(crm):
+    """List statements are reused per query shape, but ``$now`` must still mean now at each call."""
+    store = crm.records
+    soon = utcnow() + dt.timedelta(seconds=1)
+    store.create("activity", {"subject": "Call back", "type": "call", "due_at": soon}, actor=SYSTEM)
+    flt = {"due_at": {"lt": "$now"}}
+    assert store.list("activity", actor=SYSTEM, filter=flt).items == []
+    time.sleep(1.1)
+    assert [r["subject"] for r in store.list("activity", actor=SYSTEM, filter=flt).items] == ["Call back"]
+
+
+def test_list_cursor_pages_reuse_statements_with_new_values(crm):
+    """Walking pages by cursor (same statement shape, new cursor values) visits every row once."""
+    store = crm.records
+    for i in range(7):
+        store.create("account", {"name": f"Acct {i:02d}"}, actor=SYSTEM)
+    seen, cursor = [], None
+    for _ in range(10):
+        page = store.list("account", actor=SYSTEM, sort="name", limit=2, cursor=cursor)
+        seen += [r["name"] for r in page.items]
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    assert seen == [f"Acct {i:02d}" for i in range(7)]

@@ -159,3 +159,46 @@ def test_catalog_is_frozen(tmp_path):
         lead.fields["x"] = None  # type: ignore[index]
     with pytest.raises(TypeError):
         lead.field("email").spec["type"] = "text"  # type: ignore[index]
+
+
+def test_sortable_columns_get_indexes_and_are_checked(project):
+    """``list.sortable`` picks the (column, id) indexes; unknown names are reported with their line."""
+    from crmkit.core.tables import index_plan
+
+    write(project, "thing.yaml", """\
+        entity: thing
+        label: {en: Thing, ja: モノ}
+        fields:
+          name: {type: string, label: {en: Name, ja: 名前}}
+          size: {type: integer, label: {en: Size, ja: 大きさ}}
+          notes: {type: text, label: {en: Notes, ja: メモ}}
+        list:
+          columns: [name, size, notes]
+        """)
+    plan = [cols for cols, _unique in index_plan(CRM(project, entry_points=False).catalog["thing"])]
+    assert ("name", "id") in plan and ("size", "id") in plan  # listed columns sort by default
+    assert not any(cols[0] == "notes" for cols in plan)  # long text does not sort
+    write(project, "thing.yaml", """\
+        entity: thing
+        label: {en: Thing, ja: モノ}
+        fields:
+          name: {type: string, label: {en: Name, ja: 名前}}
+          size: {type: integer, label: {en: Size, ja: 大きさ}}
+        list:
+          columns: [name, size]
+          sortable: [size]
+        """)
+    plan = [cols for cols, _unique in index_plan(CRM(project, entry_points=False).catalog["thing"])]
+    assert ("size", "id") in plan and ("name", "id") not in plan
+    write(project, "thing.yaml", """\
+        entity: thing
+        label: {en: Thing, ja: モノ}
+        fields:
+          name: {type: string, label: {en: Name, ja: 名前}}
+        list:
+          columns: [name]
+          sortable: [nmae]
+        """)
+    with pytest.raises(SchemaError) as exc:
+        CRM(project, entry_points=False)
+    assert "thing.yaml:7: list.sortable[0]" in str(exc.value) and "did you mean 'name'" in str(exc.value)

@@ -26,6 +26,7 @@ from crmkit.core.catalog import (
     Field,
     FormSection,
     ListSpec,
+    ListView,
     Relation,
     freeze,
     humanize,
@@ -180,6 +181,8 @@ class _Builder:
                 continue
             if key == "list" and isinstance(base.get("list"), dict):
                 base["list"] = {**base["list"], **value}
+            elif key == "conversion" and isinstance(base.get(key), dict) and isinstance(value, dict):
+                base[key] = _merge_conversion(base[key], value)
             else:
                 base[key] = copy.deepcopy(value)
         self.merge_fields(name, doc.data.get("fields") or {}, lambda f: _Origin(doc, ("fields", f)))
@@ -311,6 +314,17 @@ class _Builder:
                 filters=tuple(lst.get("filters") or ()),
                 search=tuple(lst.get("search") or ()),
                 page_size=lst.get("page_size", 50),
+                sortable=tuple(lst["sortable"]) if lst.get("sortable") is not None else None,
+                views=tuple(
+                    ListView(
+                        name=v["name"],
+                        label=make_label(v.get("label"), humanize(v["name"])),
+                        filter=freeze(v.get("filter") or {}),
+                        sort=tuple(v.get("sort") or ()),
+                        default=bool(v.get("default")),
+                    )
+                    for v in lst.get("views") or ()
+                ),
             ),
             form=sections,
             permissions=freeze(d.get("permissions") or {}),
@@ -332,12 +346,24 @@ class _Builder:
         if d.get("title_field") and d["title_field"] not in entity.fields:
             add(("title_field",), f"title_field {d['title_field']!r} is not a field of {entity.name}")
         lst = d.get("list") or {}
-        for key in ("columns", "filters", "search"):
+        for key in ("columns", "filters", "search", "sortable"):
             for i, path in enumerate(lst.get(key) or ()):
                 self._check_path(entity, catalog, path, lambda m, i=i, key=key: add(("list", key, i), m))
         for i, item in enumerate(lst.get("sort") or ()):
             path = item.lstrip("-")
             self._check_path(entity, catalog, path, lambda m, i=i: add(("list", "sort", i), m))
+        seen_views: set[str] = set()
+        for i, view in enumerate(lst.get("views") or ()):
+            if view.get("name") in seen_views:
+                add(("list", "views", i, "name"), f"two views are called {view.get('name')!r}")
+            seen_views.add(view.get("name"))
+            for sub, msg in conditions.check(view.get("filter") or {}, entity, catalog):
+                add(("list", "views", i, "filter") + tuple(sub), msg)
+            for j, item in enumerate(view.get("sort") or ()):
+                self._check_path(entity, catalog, item.lstrip("-"),
+                                 lambda m, i=i, j=j: add(("list", "views", i, "sort", j), m))
+        if sum(1 for v in lst.get("views") or () if v.get("default")) > 1:
+            add(("list", "views"), "only one view may be the default")
         for s, section in enumerate((d.get("form") or {}).get("sections") or ()):
             for i, fname in enumerate(section.get("fields", ())):
                 if fname not in entity.fields:
@@ -380,6 +406,21 @@ class _Builder:
             catalog.resolve_path(entity.name, path)
         except KeyError as exc:
             add(str(exc.args[0]) + _suggest(path.split(".")[0], entity.fields))
+
+
+def _merge_conversion(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """An overlay's ``conversion:`` adds to the base one (so a company maps just its own fields)."""
+    out = copy.deepcopy(base)
+    added_map, added_ignore = overlay.get("map") or {}, list(overlay.get("ignore") or [])
+    # The overlay's word wins: a field it maps is no longer ignored, and the other way round.
+    mapped = {k: v for k, v in (out.get("map") or {}).items() if k not in added_ignore}
+    out["map"] = {**mapped, **copy.deepcopy(added_map)}
+    ignore = [f for f in out.get("ignore") or [] if f not in added_map]
+    out["ignore"] = ignore + [f for f in added_ignore if f not in ignore]
+    for key, value in overlay.items():
+        if key not in ("map", "ignore"):
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def _names_in_expression(expr: str) -> set[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -118,7 +119,7 @@ class Field:
     def on_delete(self) -> str:
         return self.spec.get("on_delete") or ("restrict" if self.required else "set_null")
 
-    @property
+    @cached_property  # frozen, so computed once: coercing an enum cell must not rebuild every option
     def options(self) -> tuple[Option, ...]:
         return tuple(
             Option(o["value"], make_label(o.get("label"), str(o["value"])), o.get("color"))
@@ -140,6 +141,11 @@ class Field:
     def is_many(self) -> bool:
         """True for many-to-many fields, which live in a link table rather than a column."""
         return self.type == "references"
+
+    @property
+    def sortable(self) -> bool:
+        """Whether a list can be ordered by this field (one comparable value per record)."""
+        return not self.is_many and self.type not in UNSORTABLE_TYPES
 
     def text(self, lang: str = "en") -> str:
         """The field's label in ``lang``."""
@@ -164,12 +170,41 @@ class Relation:
 
 
 @dataclass(frozen=True)
+class ListView:
+    """A predefined list view from YAML (``list.views``): a named filter, optionally the default."""
+
+    name: str
+    label: Mapping[str, str]
+    filter: Mapping[str, Any]
+    sort: tuple[str, ...] = ()
+    default: bool = False
+
+    def text(self, lang: str = "en") -> str:
+        return self.label.get(lang) or self.label["en"]
+
+
+# Field types a list cannot be ordered by: long text, structured and many-valued values.
+UNSORTABLE_TYPES = frozenset({"multi_enum", "json", "address", "text", "password", "file", "image"})
+
+
+@dataclass(frozen=True)
 class ListSpec:
     columns: tuple[str, ...] = ()
     sort: tuple[str, ...] = ("-id",)
     filters: tuple[str, ...] = ()
     search: tuple[str, ...] = ()
     page_size: int = 50
+    views: tuple[ListView, ...] = ()
+    sortable: tuple[str, ...] | None = None  # None: the listed columns (see Entity.sortable_columns)
+
+    def view(self, name: str | None) -> ListView | None:
+        """The view called ``name``, or None."""
+        return next((v for v in self.views if v.name == name), None)
+
+    @property
+    def default_view(self) -> ListView | None:
+        """The view applied when a list is opened plainly (no search, filter or view)."""
+        return next((v for v in self.views if v.default), None)
 
 
 @dataclass(frozen=True)
@@ -212,6 +247,12 @@ class Entity:
 
     def has_field(self, name: str) -> bool:
         return name in self.fields
+
+    @property
+    def sortable_columns(self) -> tuple[str, ...]:
+        """Columns the list pages offer sorting by (``list.sortable``, else the sortable list columns)."""
+        names = self.list.sortable if self.list.sortable is not None else self.list.columns
+        return tuple(n for n in names if n in self.fields and self.fields[n].sortable)
 
     @property
     def user_fields(self) -> tuple[Field, ...]:

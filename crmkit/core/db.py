@@ -55,10 +55,21 @@ def create_engine(url: str, **kwargs) -> sa.Engine:
         # Writers ask for IMMEDIATE (execution option ``crmkit_write``): they take the write lock
         # up front and queue on busy_timeout instead of failing with "database is locked" when a
         # read transaction tries to upgrade. Readers stay deferred and run concurrently (WAL).
-        write = conn.get_execution_options().get("crmkit_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("crmkit_single_statement"):
+            return  # one self-contained SELECT: SQLite's implicit per-statement transaction is enough
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("crmkit_write", False) else "BEGIN")
 
     return engine
+
+
+def single_statement_connection(engine: sa.Engine) -> sa.Connection:
+    """A connection for reads that need no snapshot across statements (each SELECT stands alone).
+
+    On SQLite it skips the explicit BEGIN/ROLLBACK pair around the read, which costs about as much
+    as a small indexed query; elsewhere it is a plain connection.
+    """
+    return engine.connect().execution_options(crmkit_single_statement=True)
 
 
 def write_connection(engine: sa.Engine) -> sa.Connection:

@@ -71,7 +71,7 @@ def parse_sort(entity: Entity, sort: str | Sequence[str] | None) -> list[SortKey
         f = entity.fields.get(name)
         if f is None:
             raise BadRequest(f"cannot sort by {name!r}: {entity.name} has no such field")
-        if f.is_many or f.type in ("multi_enum", "json", "address", "text", "password", "file", "image"):
+        if not f.sortable:
             raise BadRequest(f"cannot sort by {name!r} (a {f.type} field)")
         if any(k.field == name for k in keys):
             continue
@@ -133,30 +133,44 @@ def keyset_condition(
     ``nulls_high`` says where the database sorts NULLs (PostgreSQL: after every value in
     ascending order; SQLite: before). Where no key column can be NULL, this is a plain row-value
     comparison that both databases answer with one index range scan.
+
+    The values are bound parameters named ``cursor_0``, ``cursor_1``…, so a statement built for one
+    cursor runs for any other cursor with the same NULL pattern (``cursor_params``).
     """
+
+    def bind(i: int, key: SortKey) -> sa.BindParameter:
+        return sa.bindparam(f"cursor_{i}", values[i], type_=table.c[key.field].type)
+
     if all(k.field in NOT_NULL for k in keys) and len({k.desc for k in keys}) == 1:
         cols = sa.tuple_(*[table.c[k.field] for k in keys])
-        vals = sa.tuple_(*[sa.literal(v, type_=table.c[k.field].type) for k, v in zip(keys, values, strict=True)])
+        vals = sa.tuple_(*[bind(i, k) for i, k in enumerate(keys)])
         return cols < vals if keys[0].desc else cols > vals
     ors = []
     for i, key in enumerate(keys):
-        eqs = [_equal(table.c[k.field], v) for k, v in zip(keys[:i], values[:i], strict=True)]
-        ors.append(sa.and_(*eqs, _after(table.c[key.field], values[i], key.desc, nulls_high)))
+        eqs = [_equal(table.c[k.field], values[j], bind(j, k)) for j, k in enumerate(keys[:i])]
+        ors.append(sa.and_(*eqs, _after(table.c[key.field], values[i], bind(i, key), key.desc, nulls_high)))
     return sa.or_(*ors)
 
 
-def _equal(col: sa.ColumnElement, value: Any) -> sa.ColumnElement[bool]:
-    return col.is_(None) if value is None else col == value
+def cursor_params(values: list[Any]) -> dict[str, Any]:
+    """Execution parameters for a statement made by :func:`keyset_condition` (None values are not bound)."""
+    return {f"cursor_{i}": v for i, v in enumerate(values) if v is not None}
 
 
-def _after(col: sa.ColumnElement, value: Any, desc: bool, nulls_high: bool) -> sa.ColumnElement[bool]:
+def _equal(col: sa.ColumnElement, value: Any, param: sa.BindParameter) -> sa.ColumnElement[bool]:
+    return col.is_(None) if value is None else col == param
+
+
+def _after(
+    col: sa.ColumnElement, value: Any, param: sa.BindParameter, desc: bool, nulls_high: bool
+) -> sa.ColumnElement[bool]:
     """``col`` comes strictly after ``value`` in this key's direction."""
     # Effective direction on the "NULL is the greatest value" scale.
     greater = not desc
     null_last = nulls_high == greater  # NULLs come after every value in this direction
     if value is None:
         return sa.false() if null_last else col.is_not(None)
-    beyond = col > value if greater else col < value
+    beyond = col > param if greater else col < param
     return sa.or_(beyond, col.is_(None)) if null_last else beyond
 
 
@@ -197,8 +211,17 @@ def _escape_like(value: str) -> str:
 
 def capped_count(conn: sa.Connection, table: sa.Table, where: sa.ColumnElement[bool]) -> tuple[int, bool]:
     """Count matching rows, but stop at COUNT_CAP: ``(count, capped)``."""
+    return count_result(conn.execute(capped_count_statement(table, where)).scalar_one())
+
+
+def capped_count_statement(table: sa.Table, where: sa.ColumnElement[bool]) -> sa.Select:
+    """``SELECT count(*)`` over at most COUNT_CAP + 1 matching rows (never a full-table count)."""
     inner = sa.select(sa.literal(1)).select_from(table).where(where).limit(COUNT_CAP + 1).subquery()
-    n = conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one()
+    return sa.select(sa.func.count()).select_from(inner)
+
+
+def count_result(n: int) -> tuple[int, bool]:
+    """``(count, capped)`` from the result of :func:`capped_count_statement`."""
     return (COUNT_CAP, True) if n > COUNT_CAP else (n, False)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -19,7 +20,7 @@ from crmkit.core import compute, conditions, permissions, queries, text
 from crmkit.core.actors import SYSTEM, Actor
 from crmkit.core.audit import AUDIT_TABLE, changes, encode
 from crmkit.core.catalog import Entity, Field
-from crmkit.core.db import write_connection
+from crmkit.core.db import single_statement_connection, write_connection
 from crmkit.core.errors import BadRequest, ConflictError, NotFound, PermissionDenied, ValidationError
 from crmkit.core.events import Event, dispatch
 from crmkit.core.fieldtypes import InvalidValue
@@ -74,6 +75,46 @@ class Tx:
         """Read a record as this transaction sees it."""
         return self.store._get(self.conn, entity, id, actor or self.actor)
 
+    def create_many(
+        self, entity: str, rows: list[Mapping[str, Any]], *, actor: Actor | None = None, present: bool = True
+    ) -> list[Any]:
+        """Create many records (imports): the ``create`` path with batched queries.
+
+        Returns one outcome per row, in order: the created record, or the
+        :class:`ValidationError` that kept that row out (nothing of it is written).
+        See :mod:`crmkit.core.bulk`.
+        """
+        from crmkit.core.bulk import create_many
+
+        return create_many(self, entity, rows, actor or self.actor, present=present)
+
+
+def _shape_key(plan: _ListPlan, *parts: Any) -> tuple[Any, ...] | None:
+    """A hashable key for a list query's statements; None when it must not be kept.
+
+    Not kept: parts that do not serialise, and conditions using ``$now``/``$today``, whose value
+    is bound when the statement is built.
+    """
+    if not plan.kept:
+        return None
+    try:
+        text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+    if '"$now"' in text or '"$today"' in text:
+        return None
+    return (id(plan), text)
+
+
+@dataclass(frozen=True)
+class _ListPlan:
+    keys: tuple[queries.SortKey, ...]
+    names: tuple[str, ...]
+    select: sa.Select
+    many: tuple[Field, ...]
+    present: Any  # row -> dict as the role may see it
+    kept: bool = True  # False: not in the plan cache, so its id() may be reused (no statement caching)
+
 
 class RecordStore:
     """Create, update, delete, get and list records of any catalog entity."""
@@ -83,6 +124,11 @@ class RecordStore:
         self.catalog = crm.catalog
         self.tables = crm.schema.tables
         self.audit_table = crm.system_tables[AUDIT_TABLE]
+        self._open: dict[int, Tx] = {}  # id(connection) -> its open transaction (see tx_for)
+        # Built list queries by shape (see list()):
+        self._list_plans: dict[tuple[Any, ...], _ListPlan] = {}
+        self._list_statements: dict[tuple[Any, ...], tuple[sa.Select, sa.Select | None]] = {}
+        self._field_access: dict[tuple[Any, ...], dict[str, str]] = {}
         # Entities whose search text includes a path through a reference to the key entity:
         # renaming an account must refresh its contacts' search text.
         self._search_dependents: dict[str, list[tuple[str, str]]] = {}
@@ -102,14 +148,52 @@ class RecordStore:
         """One transaction for several writes; events fire after it commits."""
         with write_connection(self.crm.engine) as conn:
             tx = Tx(self, conn, actor, source)
-            with conn.begin():
-                yield tx
+            self._open[id(conn)] = tx
+            try:
+                with conn.begin():
+                    yield tx
+            finally:
+                self._open.pop(id(conn), None)
         dispatch(self.crm, tx.events)
+
+    def tx_for(self, conn: sa.Connection) -> Tx:
+        """The open transaction that ``conn`` (as passed to the record hooks) belongs to.
+
+        ``after_save`` and friends create or update related records through it (a reviewer's
+        follow-up task, a recurring task's next occurrence), so those writes are validated,
+        audited and committed or rolled back with the write that triggered them, and their
+        events fire after the same commit.
+        """
+        tx = self._open.get(id(conn))
+        if tx is None or tx.conn is not conn:
+            raise RuntimeError("this connection has no open crmkit transaction")
+        return tx
+
+    @contextmanager
+    def joined(self, conn: sa.Connection, *, actor: Actor = SYSTEM, source: str = "system") -> Iterator[Tx]:
+        """A :class:`Tx` over a transaction its caller owns and commits (a job handler's ``conn``).
+
+        Record writes through it (and through ``tx_for(conn)``) join that transaction; the owner
+        dispatches ``tx.events`` after committing it, as the job worker does.
+        """
+        tx = Tx(self, conn, actor, source)
+        self._open[id(conn)] = tx
+        try:
+            yield tx
+        finally:
+            self._open.pop(id(conn), None)
 
     def create(self, entity: str, values: Mapping[str, Any], *, actor: Actor, source: str = "api") -> dict[str, Any]:
         """Validate and insert a record; returns it as stored (with id and version 1)."""
         with self.transaction(actor=actor, source=source) as tx:
             return tx.create(entity, values)
+
+    def create_many(
+        self, entity: str, rows: list[Mapping[str, Any]], *, actor: Actor, source: str = "import"
+    ) -> list[Any]:
+        """Create many records in one transaction; valid rows are created, see :meth:`Tx.create_many`."""
+        with self.transaction(actor=actor, source=source) as tx:
+            return tx.create_many(entity, rows)
 
     def update(
         self, entity: str, id: int, values: Mapping[str, Any], *, actor: Actor, version: int | None = None,
@@ -148,35 +232,54 @@ class RecordStore:
         self._require(actor, action, ent, None)
         table = self.tables[entity]
         limit = max(1, min(int(limit or ent.list.page_size), queries.MAX_LIMIT))
-        keys = queries.parse_sort(ent, sort)
-        access = self.field_access(actor, entity)
-        wanted = self._columns(ent, columns, access, keys)
-        with self.crm.engine.connect() as conn:
-            where = queries.build_where(
-                conn, self.catalog, self.tables, ent, filter, q, self.restrictions(actor, ent, action),
-                actor.params(),
+        plan = self._list_plan(ent, actor, sort, columns)
+        keys, present = list(plan.keys), plan.present
+        restrictions = self.restrictions(actor, ent, action)
+        values = queries.decode_cursor(keys, cursor) if cursor else None
+        # The page and its count are one statement, so no snapshot across statements is needed.
+        with single_statement_connection(self.crm.engine) as conn:
+            # A list page runs two small indexed queries; building and hashing their SQLAlchemy
+            # statements costs more than running them, so each query shape is built once.
+            shape = _shape_key(plan, conn.dialect.name, filter, q, restrictions, actor.params(), limit,
+                               with_count, None if values is None else tuple(v is None for v in values))
+            stmts = self._list_statements.get(shape) if shape is not None else None
+            if stmts is None:
+                where = queries.build_where(
+                    conn, self.catalog, self.tables, ent, filter, q, restrictions, actor.params()
+                )
+                page_where = where
+                if values is not None:
+                    nulls_high = conn.dialect.name != "sqlite"
+                    page_where = sa.and_(where, queries.keyset_condition(table, keys, values, nulls_high))
+                count_stmt = queries.capped_count_statement(table, where) if with_count else None
+                page_stmt = plan.select.where(page_where).limit(limit + 1)
+                if count_stmt is not None:
+                    # The count rides along as an uncorrelated scalar subquery: both databases run it
+                    # once per statement, and the page costs one round trip instead of two.
+                    page_stmt = page_stmt.add_columns(count_stmt.scalar_subquery().label("crmkit_count"))
+                stmts = (page_stmt, count_stmt)
+                if shape is not None:
+                    if len(self._list_statements) >= 1024:  # many distinct searches: start afresh
+                        self._list_statements.clear()
+                    self._list_statements[shape] = stmts
+            params = queries.cursor_params(values) if values is not None else {}
+            raw = conn.execute(stmts[0], params).fetchall()
+            count, capped = None, False
+            if with_count:
+                n = raw[0][-1] if raw else conn.execute(stmts[1]).scalar_one()  # no rows: ask on its own
+                count, capped = queries.count_result(n)
+                width = len(plan.names)
+                raw = [row[:width] for row in raw]
+            has_more = len(raw) > limit
+            raw = raw[:limit]
+            # The cursor comes from the stored values, not from what a masked column shows.
+            next_cursor = (
+                queries.encode_cursor(keys, dict(zip(plan.names, raw[-1], strict=True))) if has_more and raw else None
             )
-            page_where = where
-            if cursor:
-                values = queries.decode_cursor(keys, cursor)
-                nulls_high = conn.dialect.name != "sqlite"
-                page_where = sa.and_(where, queries.keyset_condition(table, keys, values, nulls_high))
-            stmt = (
-                sa.select(*[table.c[c] for c in wanted if c in table.c])  # many-to-many: attached below
-                .where(page_where)
-                .order_by(*queries.order_by(table, keys))
-                .limit(limit + 1)
-            )
-            rows = [dict(r._mapping) for r in conn.execute(stmt)]
-            count, capped = queries.capped_count(conn, table, where) if with_count else (None, False)
-            has_more = len(rows) > limit
-            rows = rows[:limit]
-            next_cursor = queries.encode_cursor(keys, rows[-1]) if has_more and rows else None
-            many = [f for f in ent.user_fields if f.is_many and f.name in wanted]
-            items = [self._present(ent, r, access) for r in rows]
-            if many:
-                self._attach_many(conn, ent, items, many)
-        return Page(items, next_cursor, count, capped)
+            rows = [present(row) for row in raw]
+            if plan.many:
+                self._attach_many(conn, ent, rows, list(plan.many))
+        return Page(rows, next_cursor, count, capped)
 
     def titles(self, entity: str, ids: Iterable[int]) -> dict[int, str]:
         """Display titles for record ids, in one query (reference columns, breadcrumbs)."""
@@ -245,7 +348,12 @@ class RecordStore:
 
     def field_access(self, actor: Actor, entity: str) -> dict[str, str]:
         """Field -> write | read | mask | none (and write-only for passwords an admin may set)."""
-        return permissions.field_access(self._entity(entity), actor)
+        # It depends on the role only (and whether the actor is the system or an admin): keep it.
+        key = (entity, actor.role, actor.system, actor.is_admin)
+        access = self._field_access.get(key)
+        if access is None:
+            access = self._field_access[key] = permissions.field_access(self._entity(entity), actor)
+        return dict(access)
 
     def restrictions(self, actor: Actor, entity: Entity, action: str = "read") -> list[Any]:
         """Conditions AND-ed into every query of this actor (role scope + ``restrict_query`` hooks)."""
@@ -291,6 +399,56 @@ class RecordStore:
             if f.is_many or name in table.c:
                 out.append(name)
         return list(dict.fromkeys(out))
+
+    def _list_plan(self, ent: Entity, actor: Actor, sort: Any, columns: Iterable[str] | None) -> _ListPlan:
+        """The parts of a list query that depend only on entity, role, columns and sort, built once.
+
+        Building SELECT/ORDER BY clause objects costs more than running a 50-row keyset query on
+        an index, so each shape is kept (clause objects are immutable; SQLAlchemy caches the SQL).
+        """
+        columns = None if columns is None else tuple(columns)
+        cache_key = (ent.name, actor.role, actor.system, actor.is_admin,
+                     sort if not isinstance(sort, list) else tuple(sort), columns)
+        try:
+            plan = self._list_plans.get(cache_key)
+        except TypeError:  # an unhashable argument: build without keeping
+            plan, cache_key = None, None
+        if plan is None:
+            table = self.tables[ent.name]
+            keys = queries.parse_sort(ent, sort)
+            access = self.field_access(actor, ent.name)
+            wanted = self._columns(ent, columns, access, keys)
+            names = tuple(c for c in wanted if c in table.c)  # many-to-many fields: attached afterwards
+            select = sa.select(*[table.c[c] for c in names]).order_by(*queries.order_by(table, keys))
+            many = tuple(f for f in ent.user_fields if f.is_many and f.name in wanted)
+            keep = cache_key is not None and len(self._list_plans) < 1024  # shapes come from the catalog
+            plan = _ListPlan(tuple(keys), names, select, many, self._row_presenter(ent, names, access), keep)
+            if keep:
+                self._list_plans[cache_key] = plan
+        return plan
+
+    def _row_presenter(self, ent: Entity, names: tuple[str, ...], access: dict[str, str]):
+        """A function turning a result row (columns ``names``) into the dict the actor may see."""
+        table = self.tables[ent.name]
+        datetimes = [i for i, n in enumerate(names) if isinstance(table.c[n].type, sa.DateTime)]
+        hidden = {n for n in names if access.get(n, "read") in ("none", "write-only") or n == SEARCH_COLUMN}
+        masked = [n for n in names if access.get(n, "read") == "mask"]
+        if not hidden and not masked:
+            if not datetimes:
+                return lambda row: dict(zip(names, row, strict=True))
+
+            dt_names = [names[i] for i in datetimes]
+
+            def plain(row: Sequence[Any]) -> dict[str, Any]:
+                out = dict(zip(names, row, strict=True))
+                for name in dt_names:
+                    v = out[name]
+                    if v is not None and v.tzinfo is None:  # SQLite hands back naive UTC datetimes
+                        out[name] = v.replace(tzinfo=dt.UTC)
+                return out
+
+            return plain
+        return lambda row: self._present(ent, dict(zip(names, row, strict=True)), access)
 
     def _present(self, ent: Entity, row: Mapping[str, Any], access: dict[str, str]) -> dict[str, Any]:
         """A row as the actor sees it: hidden fields dropped, masked ones masked, UTC datetimes."""

@@ -93,7 +93,8 @@ def _system_columns(entity: Entity) -> list[sa.Column]:
 def index_plan(entity: Entity) -> list[tuple[tuple[str, ...], bool]]:
     """The (columns, unique) indexes an entity gets, derived from its schema, deduplicated.
 
-    Sorts get ``(column, id)`` so keyset pagination is an index range scan; filters, references,
+    Sorts (default, views, sortable columns) get ``(column, id)`` so keyset pagination is an index
+    range scan; filters, references,
     owner/team (permission scopes) and ``index: true`` get single-column indexes.
     """
     plan: list[tuple[tuple[str, ...], bool]] = []
@@ -113,8 +114,13 @@ def index_plan(entity: Entity) -> list[tuple[tuple[str, ...], bool]]:
     for f in entity.user_fields:
         if f.unique:
             add([f.name], unique=True)
-    for item in entity.list.sort[:1]:
-        col = item.lstrip("-")
+    # Every order a list page can ask for is an index range scan: the default sort, each view's
+    # sort and each sortable column, as (column, id) so keyset pagination needs no sort step.
+    for sort in (entity.list.sort, *(v.sort for v in entity.list.views if v.sort)):
+        col = sort[0].lstrip("-") if sort else "id"
+        if col != "id":
+            add([col, "id"])
+    for col in entity.sortable_columns:
         if col != "id":
             add([col, "id"])
     for f in entity.user_fields:
