@@ -8,6 +8,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from crmkit.core.audit import AUDIT_TABLE, define_audit_table
+from crmkit.core.jobs import JOB_TABLE, define_job_table
+from crmkit.core.mail import OUTBOX_TABLE, define_outbox_table
+from crmkit.core.notifications import NOTIFICATION_TABLE, define_notification_table
 from crmkit.core.tokens import TOKEN_TABLE, define_token_table
 
 SNAPSHOT_TABLE = "crmkit_schema_snapshot"
@@ -27,4 +30,7 @@ def define_system_tables(md: sa.MetaData) -> dict[str, sa.Table]:
     }
     tables[AUDIT_TABLE] = define_audit_table(md)
     tables[TOKEN_TABLE] = define_token_table(md)
+    tables[JOB_TABLE] = define_job_table(md)
+    tables[OUTBOX_TABLE] = define_outbox_table(md)
+    tables[NOTIFICATION_TABLE] = define_notification_table(md)
     return tables

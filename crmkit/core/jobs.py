@@ -1,0 +1,713 @@
+"""Background jobs: a table of work to do later, claimed safely by any number of workers.
+
+A job is a row in ``crmkit_job`` (name, JSON payload, when to run, how often it may be tried).
+Workers (``crmkit worker``) claim due jobs in a short transaction that marks them ``running``
+with a lease (``locked_by``/``locked_until``):
+
+- PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED``, so workers on many machines never claim the
+  same job and never wait for each other;
+- SQLite: the claim takes the database's write lock (``BEGIN IMMEDIATE``), one writer at a time.
+
+A worker that dies leaves its jobs ``running``; once their lease has passed, any worker reclaims
+them. Handlers come from the ``register_job_handlers`` hook and run in one of two modes:
+
+* **transactional** (the default): the handler gets ``conn``, a connection inside a write
+  transaction. The runner marks the job ``done`` in that same transaction and commits it after
+  the handler returns, so the handler's database writes and the job's completion happen
+  together, exactly once. If the handler raises, everything it wrote is rolled back and the job
+  is retried later. On PostgreSQL the job row stays locked while the handler runs, so a slow
+  handler is never reclaimed by another worker while its own worker is alive.
+* **own transactions** (:func:`own_transactions`): the handler gets ``conn=None`` and commits its
+  own work; it must be idempotent (the mail sender is: the outbox row's status says whether the
+  message already went out).
+
+External effects (mail, HTTP calls) never happen inside a handler's transaction directly: the
+handler records them (``crmkit.core.mail.queue_mail(..., conn=conn)``) and a separate job
+performs them once, tracking their status in their own table.
+
+Retries back off exponentially with jitter; after ``max_attempts`` the job is ``failed`` and shown
+with its error and traceback on the admin's failed-jobs page, which can retry it. An idempotency
+``key`` makes :func:`enqueue` a no-op when a job with that key already exists (periodic jobs use
+``name + period start``, so several workers schedule each period once).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import logging
+import os
+import random
+import socket
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from crmkit.core.db import write_connection
+from crmkit.plugins import call_each
+
+if TYPE_CHECKING:
+    from crmkit.app import CRM
+
+log = logging.getLogger(__name__)
+
+JOB_TABLE = "crmkit_job"
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "lease_seconds": {"type": "number", "minimum": 1},
+        "retry_base_seconds": {"type": "number", "minimum": 0},
+        "retry_max_seconds": {"type": "number", "minimum": 0},
+        "poll_seconds": {"type": "number", "minimum": 0.01},
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "concurrency": {"type": "integer", "minimum": 1, "maximum": 64},
+        "keep_done_days": {"type": "number", "minimum": 0},
+    },
+}
+"""The ``jobs:`` section of crmkit.yaml."""
+
+
+def define_job_table(md: sa.MetaData) -> sa.Table:
+    """Add the ``crmkit_job`` table to ``md`` and return it."""
+    return sa.Table(
+        JOB_TABLE,
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("payload", sa.JSON, nullable=False),
+        sa.Column("key", sa.String(255)),  # idempotency key (unique when set)
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("run_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("max_attempts", sa.Integer, nullable=False),
+        sa.Column("locked_by", sa.String(100)),
+        sa.Column("locked_until", sa.DateTime(timezone=True)),
+        sa.Column("last_error", sa.Text),
+        sa.Column("traceback", sa.Text),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Index("uq_crmkit_job_key", "key", unique=True),
+        sa.Index("ix_crmkit_job_status_run_at", "status", "run_at"),
+        sa.Index("ix_crmkit_job_status_locked_until", "status", "locked_until"),
+    )
+
+
+# -------------------------------------------------------------------------------------------------
+# Settings, errors, the current job
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Worker tuning from crmkit.yaml ``jobs:`` (all optional)."""
+
+    lease_seconds: float = 300.0
+    retry_base_seconds: float = 30.0
+    retry_max_seconds: float = 3600.0
+    poll_seconds: float = 1.0
+    batch_size: int = 20
+    concurrency: int = 1
+    keep_done_days: float = 30.0
+
+    @classmethod
+    def of(cls, crm: CRM) -> JobSettings:
+        """The settings of ``crm`` (its ``jobs:`` section over the defaults)."""
+        section = crm.config.section("jobs")
+        return cls(**{k: v for k, v in section.items() if k in cls.__dataclass_fields__})
+
+
+class Retry(Exception):  # noqa: N818 - it is a request, not an error
+    """Raise from a handler to run the job again later without using up an attempt.
+
+    Give ``seconds`` (from now) or ``at`` (an aware datetime). For "not now" answers such as
+    throttling or quiet hours; the handler's writes in ``conn`` are rolled back.
+    """
+
+    def __init__(self, seconds: float | None = None, *, at: dt.datetime | None = None, reason: str = ""):
+        self.seconds, self.at, self.reason = seconds, at, reason
+        super().__init__(reason or "retry later")
+
+
+class Fail(Exception):  # noqa: N818 - it is a verdict, not an unexpected error
+    """Raise from a handler to fail the job at once (no more attempts): the input can never work."""
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """The job a handler is running (see :func:`current_job`)."""
+
+    id: int
+    name: str
+    key: str | None
+    attempt: int  # 1 for the first try
+    max_attempts: int
+    worker_id: str
+    now: dt.datetime  # the worker's clock for this run (tests pass ``now=``)
+
+    @property
+    def last_attempt(self) -> bool:
+        """True when a failure now would fail the job for good."""
+        return self.attempt >= self.max_attempts
+
+
+_CURRENT: contextvars.ContextVar[JobInfo | None] = contextvars.ContextVar("crmkit_job", default=None)
+
+
+def current_job() -> JobInfo | None:
+    """The job being run by this thread's worker, or None outside a handler."""
+    return _CURRENT.get()
+
+
+def own_transactions(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a handler that manages its own transactions: it is called with ``conn=None``.
+
+    Use it when the handler performs an external effect whose status it records itself (the
+    mail sender), or calls ``crm.records.create(...)`` and friends directly. Such a handler must
+    be idempotent: after a crash it may run again for the same job.
+    """
+    handler.crmkit_own_transactions = True  # type: ignore[attr-defined]
+    return handler
+
+
+def utcnow() -> dt.datetime:
+    """Now, aware, in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """An aware UTC datetime (naive values are taken as UTC, as SQLite returns them)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def default_worker_id() -> str:
+    """``host:pid:thread`` — unique among live workers, readable on the admin page."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{threading.get_ident() % 100000}"
+
+
+# -------------------------------------------------------------------------------------------------
+# Enqueueing
+# -------------------------------------------------------------------------------------------------
+
+
+def table(crm: CRM) -> sa.Table:
+    """The job table of ``crm``."""
+    return crm.system_tables[JOB_TABLE]
+
+
+def insert_ignoring_conflict(conn: sa.Connection, tbl: sa.Table, values: dict[str, Any],
+                             unique: list[str]) -> int | None:
+    """``INSERT … ON CONFLICT DO NOTHING RETURNING id``: the new id, or None when the key exists.
+
+    Safe under concurrency on both databases: on PostgreSQL a second inserter of the same key
+    waits for the first transaction and then does nothing.
+    """
+    insert = pg_dialect.insert if conn.dialect.name == "postgresql" else sqlite_dialect.insert
+    stmt = insert(tbl).values(values).on_conflict_do_nothing(index_elements=unique).returning(tbl.c.id)
+    return conn.execute(stmt).scalar_one_or_none()
+
+
+@contextmanager
+def _maybe_conn(crm: CRM, conn: sa.Connection | None) -> Iterator[sa.Connection]:
+    """``conn`` as given (the caller's transaction), or a fresh write transaction committed on exit."""
+    if conn is not None:
+        yield conn
+        return
+    with write_connection(crm.engine) as own, own.begin():
+        yield own
+
+
+def enqueue(
+    crm: CRM,
+    name: str,
+    payload: dict[str, Any],
+    *,
+    run_at: dt.datetime | None = None,
+    key: str | None = None,
+    max_attempts: int = 5,
+    conn: sa.Connection | None = None,
+    revive: bool = False,
+) -> int | None:
+    """Add a job; returns its id, or None when a job with the same idempotency ``key`` exists.
+
+    With ``conn`` the job is inserted in that connection's transaction, so it exists only if the
+    surrounding write commits (a record saved and its follow-up job are one unit). Without it the
+    job is committed at once. ``run_at`` (aware datetime, default now) delays the job. The key
+    stays taken while the job row exists — also after it is done, failed or cancelled — so use
+    keys that name the effect (``reminder:activity:12:2026-05-01T09:00``). With ``revive``, a
+    *cancelled* job with that key is queued again instead (with this payload and ``run_at``) and
+    its id returned: an effect that was called off and is wanted again (a due time moved away
+    and back) still happens, once.
+    """
+    if not name or len(name) > 100:
+        raise ValueError("a job needs a name of 1-100 characters")
+    if key is not None and len(key) > 255:
+        raise ValueError("a job key is at most 255 characters")
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    now = utcnow()
+    values = {
+        "name": name, "payload": dict(payload or {}), "key": key, "status": "queued",
+        "run_at": as_utc(run_at) or now, "attempts": 0, "max_attempts": int(max_attempts),
+        "created_at": now, "updated_at": now,
+    }
+    with _maybe_conn(crm, conn) as c:
+        tbl = table(crm)
+        if key is None:
+            return c.execute(sa.insert(tbl).values(values).returning(tbl.c.id)).scalar_one()
+        new_id = insert_ignoring_conflict(c, tbl, values, ["key"])
+        if new_id is None and revive:
+            new_id = c.execute(
+                sa.update(tbl).where(tbl.c.key == key, tbl.c.status == "cancelled")
+                .values(status="queued", payload=values["payload"], run_at=values["run_at"], attempts=0,
+                        max_attempts=values["max_attempts"], updated_at=now, finished_at=None, last_error=None)
+                .returning(tbl.c.id)
+            ).scalar_one_or_none()
+        return new_id
+
+
+def cancel(crm: CRM, *, key: str | None = None, id: int | None = None, conn: sa.Connection | None = None) -> int:
+    """Cancel a queued job (by ``key`` or ``id``); returns how many were cancelled (0 or 1).
+
+    A job already running, done or failed is left alone. The key stays taken.
+    """
+    if (key is None) == (id is None):
+        raise ValueError("give exactly one of key or id")
+    tbl = table(crm)
+    where = tbl.c.key == key if key is not None else tbl.c.id == id
+    with _maybe_conn(crm, conn) as c:
+        now = utcnow()
+        result = c.execute(
+            sa.update(tbl).where(where, tbl.c.status == "queued")
+            .values(status="cancelled", updated_at=now, finished_at=now)
+        )
+        return result.rowcount
+
+
+def cancel_matching(crm: CRM, *, name: str, key_prefix: str, conn: sa.Connection | None = None,
+                    except_key: str | None = None, keep: Iterable[str] = ()) -> int:
+    """Cancel the queued jobs called ``name`` whose key starts with ``key_prefix``; returns how many.
+
+    Jobs whose key is ``except_key`` or in ``keep`` stay queued. For rescheduling: a reminder's
+    key contains its due time, so a changed due time cancels the old reminders by prefix and
+    enqueues new ones.
+    """
+    tbl = table(crm)
+    escaped = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    where = [tbl.c.name == name, tbl.c.status == "queued", tbl.c.key.like(escaped + "%", escape="\\")]
+    kept = set(keep) | ({except_key} if except_key is not None else set())
+    if kept:
+        where.append(tbl.c.key.not_in(sorted(kept)))
+    with _maybe_conn(crm, conn) as c:
+        now = utcnow()
+        return c.execute(sa.update(tbl).where(*where).values(status="cancelled", updated_at=now,
+                                                             finished_at=now)).rowcount
+
+
+def retry(crm: CRM, job_id: int, *, now: dt.datetime | None = None, conn: sa.Connection | None = None) -> bool:
+    """Put a failed (or cancelled) job back in the queue with a fresh set of attempts."""
+    now = as_utc(now) or utcnow()
+    tbl = table(crm)
+    with _maybe_conn(crm, conn) as c:
+        result = c.execute(
+            sa.update(tbl).where(tbl.c.id == job_id, tbl.c.status.in_(("failed", "cancelled")))
+            .values(status="queued", attempts=0, run_at=now, locked_by=None, locked_until=None,
+                    finished_at=None, updated_at=now)
+        )
+        return result.rowcount == 1
+
+
+def get(crm: CRM, job_id: int) -> dict[str, Any] | None:
+    """One job row as a dict (datetimes in UTC), or None."""
+    tbl = table(crm)
+    with crm.engine.connect() as conn:
+        row = conn.execute(sa.select(tbl).where(tbl.c.id == job_id)).mappings().first()
+    return _row(row) if row else None
+
+
+def list_jobs(crm: CRM, *, status: str | None = None, name: str | None = None, limit: int = 50,
+              before_id: int | None = None) -> list[dict[str, Any]]:
+    """Jobs newest first (keyset-paged by ``before_id``), for the admin page and tests."""
+    tbl = table(crm)
+    stmt = sa.select(tbl).order_by(tbl.c.id.desc()).limit(max(1, min(limit, 500)))
+    if status:
+        stmt = stmt.where(tbl.c.status == status)
+    if name:
+        stmt = stmt.where(tbl.c.name == name)
+    if before_id:
+        stmt = stmt.where(tbl.c.id < before_id)
+    with crm.engine.connect() as conn:
+        return [_row(r) for r in conn.execute(stmt).mappings()]
+
+
+def counts(crm: CRM) -> dict[str, int]:
+    """Number of jobs per status."""
+    tbl = table(crm)
+    with crm.engine.connect() as conn:
+        rows = conn.execute(sa.select(tbl.c.status, sa.func.count()).group_by(tbl.c.status)).all()
+    out = dict.fromkeys(STATUSES, 0)
+    out.update({status: n for status, n in rows})
+    return out
+
+
+def _row(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    for k in ("run_at", "locked_until", "created_at", "updated_at", "finished_at"):
+        out[k] = as_utc(out[k])
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# Handlers and periodic jobs
+# -------------------------------------------------------------------------------------------------
+
+
+def handlers(crm: CRM) -> dict[str, Callable[..., Any]]:
+    """``{job_name: handler}`` from every ``register_job_handlers`` hook (a duplicate name is an error)."""
+    cached = crm.__dict__.get("_crmkit_job_handlers")
+    if cached is not None:
+        return cached
+    out: dict[str, Callable[..., Any]] = {}
+    owners: dict[str, str] = {}
+    for plugin, found in call_each(crm.pm, "register_job_handlers", crm=crm):
+        for name, handler in found.items():
+            if name in out:
+                raise ValueError(f"job handler {name!r} registered by both {owners[name]} and {plugin}")
+            out[name], owners[name] = handler, plugin
+    crm.__dict__["_crmkit_job_handlers"] = out
+    return out
+
+
+def periodic_jobs(crm: CRM) -> list[dict[str, Any]]:
+    """The ``register_periodic_jobs`` entries, checked (``name``, ``every`` seconds, ``payload``)."""
+    out = []
+    for plugin, items in call_each(crm.pm, "register_periodic_jobs", crm=crm):
+        for item in items:
+            every = item.get("every")
+            if not item.get("name") or not isinstance(every, int | float) or every < 1:
+                raise ValueError(f"plugin {plugin}: periodic job {item!r} needs a name and every >= 1 second")
+            out.append({"name": item["name"], "every": every, "payload": dict(item.get("payload") or {}),
+                        "max_attempts": int(item.get("max_attempts", 3))})
+    return out
+
+
+def schedule_periodic(crm: CRM, *, now: dt.datetime | None = None) -> int:
+    """Enqueue each periodic job for the period containing ``now``, once: returns how many were new.
+
+    The idempotency key is the name plus the period's start (periods are aligned to the Unix
+    epoch), so any number of workers calling this schedule each period exactly once.
+    """
+    now = as_utc(now) or utcnow()
+    specs = periodic_jobs(crm)
+    if not specs:
+        return 0
+    # Each process remembers the periods it already scheduled, so an idle worker polling every
+    # second does not take the write lock just to find its periodic jobs already there.
+    done: set[str] = crm.__dict__.setdefault("_crmkit_periodic_scheduled", set())
+    todo = []
+    for spec in specs:
+        every = float(spec["every"])
+        start = dt.datetime.fromtimestamp((now.timestamp() // every) * every, dt.UTC)
+        key = f"periodic:{spec['name']}:{start.isoformat()}"
+        if key not in done:
+            todo.append((spec, start, key))
+    if not todo:
+        return 0
+    added = 0
+    with write_connection(crm.engine) as conn, conn.begin():
+        for spec, start, key in todo:
+            if enqueue(crm, spec["name"], spec["payload"], run_at=start, key=key,
+                       max_attempts=spec["max_attempts"], conn=conn) is not None:
+                added += 1
+    if len(done) > 10000:  # a long-running worker: forget old periods
+        done.clear()
+    done.update(key for _spec, _start, key in todo)
+    return added
+
+
+def prune(crm: CRM, *, now: dt.datetime | None = None, older_than_days: float | None = None) -> int:
+    """Delete done and cancelled jobs that finished more than ``keep_done_days`` ago; returns how many.
+
+    Failed jobs stay until someone retries or deletes them. Pruning frees their idempotency keys,
+    so keep jobs at least as long as an effect could be enqueued again.
+    """
+    now = as_utc(now) or utcnow()
+    days = JobSettings.of(crm).keep_done_days if older_than_days is None else older_than_days
+    tbl = table(crm)
+    with write_connection(crm.engine) as conn, conn.begin():
+        return conn.execute(
+            sa.delete(tbl).where(tbl.c.status.in_(("done", "cancelled")),
+                                 tbl.c.finished_at < now - dt.timedelta(days=days))
+        ).rowcount
+
+
+# -------------------------------------------------------------------------------------------------
+# Claiming and running
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Claimed:
+    id: int
+    name: str
+    key: str | None
+    payload: dict[str, Any]
+    attempt: int
+    max_attempts: int
+
+
+def claim(crm: CRM, *, worker_id: str, now: dt.datetime, limit: int, lease_seconds: float,
+          names: list[str] | None = None) -> list[_Claimed]:
+    """Mark up to ``limit`` due jobs ``running`` for ``worker_id`` with a lease; return them.
+
+    Due means queued with ``run_at <= now``, or running with an expired lease (its worker died).
+    """
+    tbl = table(crm)
+    due = sa.or_(
+        sa.and_(tbl.c.status == "queued", tbl.c.run_at <= now),
+        sa.and_(tbl.c.status == "running", tbl.c.locked_until < now),
+    )
+    stmt = sa.select(tbl.c.id, tbl.c.name, tbl.c.key, tbl.c.payload, tbl.c.attempts, tbl.c.max_attempts).where(due)
+    if names:
+        stmt = stmt.where(tbl.c.name.in_(names))
+    stmt = stmt.order_by(tbl.c.run_at, tbl.c.id).limit(limit)
+    if crm.engine.dialect.name == "sqlite":
+        # Look before taking the database's only write lock: idle workers then never block writers.
+        with crm.engine.connect() as conn:
+            if conn.execute(sa.select(tbl.c.id).where(due, *([tbl.c.name.in_(names)] if names else [])).limit(1)
+                            ).first() is None:
+                return []
+    with write_connection(crm.engine) as conn, conn.begin():
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        rows = conn.execute(stmt).all()
+        if not rows:
+            return []
+        conn.execute(
+            sa.update(tbl).where(tbl.c.id.in_([r.id for r in rows]))
+            .values(status="running", attempts=tbl.c.attempts + 1, locked_by=worker_id,
+                    locked_until=now + dt.timedelta(seconds=lease_seconds), updated_at=now)
+        )
+    return [_Claimed(r.id, r.name, r.key, r.payload or {}, r.attempts + 1, r.max_attempts) for r in rows]
+
+
+class _LostLease(Exception):  # noqa: N818
+    """Another worker reclaimed the job (our lease expired): our run must not commit."""
+
+
+def run_once(crm: CRM, *, worker_id: str | None = None, now: dt.datetime | None = None, limit: int = 1000,
+             names: list[str] | None = None) -> int:
+    """Process the jobs due at ``now`` until none is left or ``limit`` were run; return how many ran.
+
+    Schedules the periodic jobs of the current period first. Failed attempts count as processed.
+    ``now`` (default: the clock) lets tests run "in the future" without sleeping; ``names``
+    restricts the run to some job names.
+    """
+    settings = JobSettings.of(crm)
+    worker_id = worker_id or default_worker_id()
+    fixed_now = as_utc(now)
+    schedule_periodic(crm, now=fixed_now)
+    registry = handlers(crm)
+    done = 0
+    while done < limit:
+        at = fixed_now or utcnow()
+        batch = claim(crm, worker_id=worker_id, now=at, limit=min(settings.batch_size, limit - done),
+                      lease_seconds=settings.lease_seconds, names=names)
+        if not batch:
+            break
+        for job in batch:
+            _run_job(crm, registry, job, worker_id, fixed_now or utcnow(), settings)
+            done += 1
+    return done
+
+
+def _run_job(crm: CRM, registry: dict[str, Callable[..., Any]], job: _Claimed, worker_id: str,
+             now: dt.datetime, settings: JobSettings) -> None:
+    info = JobInfo(job.id, job.name, job.key, job.attempt, job.max_attempts, worker_id, now)
+    token = _CURRENT.set(info)
+    try:
+        handler = registry.get(job.name)
+        if handler is None:
+            raise LookupError(f"no handler for job {job.name!r} (is its plugin enabled in this worker?)")
+        if getattr(handler, "crmkit_own_transactions", False):
+            handler(crm, job.payload, None)
+            with write_connection(crm.engine) as conn, conn.begin():
+                _mark_done(crm, conn, job, worker_id, now)
+            return
+        with write_connection(crm.engine) as conn:
+            with conn.begin(), crm.records.joined(conn, source="system") as tx:
+                _hold(crm, conn, job, worker_id)
+                handler(crm, job.payload, conn)
+                _mark_done(crm, conn, job, worker_id, now)
+        if tx.events:  # record events of the handler's writes, now that they are committed
+            from crmkit.core.events import dispatch
+
+            dispatch(crm, tx.events)
+    except _LostLease:
+        log.warning("job %s (%s): lease lost to another worker; this run was rolled back", job.id, job.name)
+    except Retry as exc:
+        _reschedule(crm, job, worker_id, now, exc)
+    except Exception as exc:
+        _record_failure(crm, job, worker_id, now, exc, settings)
+    finally:
+        _CURRENT.reset(token)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The per-job statements, built once per CRM: building SQLAlchemy constructs per job was
+    most of a small job's cost (the compiled forms are cached by SQLAlchemy either way)."""
+
+    hold: Any
+    hold_for_update: Any
+    done: Any
+
+
+def _statements(crm: CRM) -> _Statements:
+    cached = crm.__dict__.get("_crmkit_job_statements")
+    if cached is None:
+        tbl = table(crm)
+        mine = (tbl.c.id == sa.bindparam("job_id"), tbl.c.locked_by == sa.bindparam("worker"),
+                tbl.c.status == "running", tbl.c.attempts == sa.bindparam("attempt"))
+        hold = sa.select(tbl.c.id).where(*mine)
+        done = sa.update(tbl).where(*mine).values(
+            status="done", locked_by=None, locked_until=None, updated_at=sa.bindparam("now"),
+            finished_at=sa.bindparam("now"), last_error=None, traceback=None)
+        cached = crm.__dict__["_crmkit_job_statements"] = _Statements(hold, hold.with_for_update(), done)
+    return cached
+
+
+def _hold(crm: CRM, conn: sa.Connection, job: _Claimed, worker_id: str) -> None:
+    """Lock our job row for the handler's transaction and check we still own it (PostgreSQL).
+
+    On SQLite the transaction already holds the database's write lock, and ``_mark_done``
+    checks ownership before the commit, so there is nothing to do here.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    params = {"job_id": job.id, "worker": worker_id, "attempt": job.attempt}
+    if conn.execute(_statements(crm).hold_for_update, params).first() is None:
+        raise _LostLease()
+
+
+def _mark_done(crm: CRM, conn: sa.Connection, job: _Claimed, worker_id: str, now: dt.datetime) -> None:
+    params = {"job_id": job.id, "worker": worker_id, "attempt": job.attempt, "now": now}
+    if conn.execute(_statements(crm).done, params).rowcount != 1:
+        raise _LostLease()
+
+
+def backoff(attempt: int, settings: JobSettings, rng: random.Random | None = None) -> float:
+    """Seconds before retry number ``attempt``: exponential, capped, with jitter in [d/2, d].
+
+    The jitter spreads retries of jobs that failed together (an SMTP server that was down) so
+    they do not all hit it again in the same second.
+    """
+    delay = min(settings.retry_max_seconds, settings.retry_base_seconds * (2 ** max(0, attempt - 1)))
+    return delay / 2 + (rng or random).uniform(0, delay / 2)
+
+
+def _record_failure(crm: CRM, job: _Claimed, worker_id: str, now: dt.datetime, exc: BaseException,
+                    settings: JobSettings) -> None:
+    final = isinstance(exc, Fail) or job.attempt >= job.max_attempts
+    log.log(logging.ERROR if final else logging.WARNING, "job %s (%s) attempt %s/%s failed: %s",
+            job.id, job.name, job.attempt, job.max_attempts, exc)
+    tbl = table(crm)
+    values: dict[str, Any] = {
+        "last_error": f"{type(exc).__name__}: {exc}"[:4000],
+        "traceback": "".join(traceback.format_exception(exc))[-20000:],
+        "locked_by": None, "locked_until": None, "updated_at": now,
+    }
+    if final:
+        values.update(status="failed", finished_at=now)
+    else:
+        values.update(status="queued", run_at=now + dt.timedelta(seconds=backoff(job.attempt, settings)))
+    with write_connection(crm.engine) as conn, conn.begin():
+        conn.execute(sa.update(tbl).where(tbl.c.id == job.id, tbl.c.locked_by == worker_id,
+                                          tbl.c.attempts == job.attempt).values(values))
+
+
+def _reschedule(crm: CRM, job: _Claimed, worker_id: str, now: dt.datetime, exc: Retry) -> None:
+    at = as_utc(exc.at) if exc.at is not None else now + dt.timedelta(seconds=exc.seconds or 0)
+    tbl = table(crm)
+    with write_connection(crm.engine) as conn, conn.begin():
+        conn.execute(
+            sa.update(tbl).where(tbl.c.id == job.id, tbl.c.locked_by == worker_id, tbl.c.attempts == job.attempt)
+            .values(status="queued", run_at=at, attempts=tbl.c.attempts - 1, locked_by=None, locked_until=None,
+                    updated_at=now, last_error=exc.reason or None)
+        )
+
+
+# -------------------------------------------------------------------------------------------------
+# The long-running worker
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """``crmkit worker``: ``concurrency`` threads each running :func:`run_once` until stopped.
+
+    :meth:`stop` (SIGTERM/SIGINT in the CLI) lets every thread finish the job it is running.
+    """
+
+    crm: CRM
+    concurrency: int = 1
+    poll_seconds: float = 1.0
+    names: list[str] | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+    processed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stop(self) -> None:
+        """Ask the threads to stop after their current job."""
+        self.stopping.set()
+
+    def _loop(self, index: int) -> None:
+        worker_id = f"{default_worker_id()}#{index}"
+        while not self.stopping.is_set():
+            try:
+                n = run_once(self.crm, worker_id=worker_id, limit=JobSettings.of(self.crm).batch_size,
+                             names=self.names)
+            except Exception:  # the database went away: log, wait, try again
+                log.exception("worker %s: cannot claim jobs", worker_id)
+                n = 0
+            with self._lock:
+                self.processed += n
+            if n == 0:
+                self.stopping.wait(self.poll_seconds)
+
+    def run(self) -> int:
+        """Run until :meth:`stop`; returns the number of jobs processed."""
+        threads = [threading.Thread(target=self._loop, args=(i,), name=f"crmkit-worker-{i}", daemon=True)
+                   for i in range(max(1, self.concurrency))]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.5)
+        finally:
+            self.stop()
+            for t in threads:
+                t.join()
+        return self.processed
+
+
+__all__ = [
+    "JOB_TABLE", "Fail", "JobInfo", "JobSettings", "Retry", "Worker", "backoff", "cancel", "cancel_matching",
+    "claim", "counts", "current_job", "enqueue", "get", "handlers", "list_jobs", "own_transactions",
+    "periodic_jobs", "prune", "retry", "run_once", "schedule_periodic",
+]

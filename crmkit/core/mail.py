@@ -1,0 +1,459 @@
+"""Outgoing mail: an outbox table, a send job per message, and a pluggable transport.
+
+Every message is recorded in ``crmkit_mail_outbox`` (status ``queued``) before anything is sent,
+in the caller's transaction when one is given — so a message exists if and only if the write that
+caused it committed. A ``mail.send`` job then delivers it through the transport returned by the
+``mail_transport`` hook (SMTP, :mod:`crmkit.core.smtp`, is the built-in trylast default).
+
+Sending once, even when workers crash
+-------------------------------------
+A message moves ``queued → sending → sent`` (or ``failed``; ``bounced`` when a bounce arrives
+later). The transport calls ``confirm()`` right before its point of no return — for SMTP, before
+writing the final ``.`` of the DATA command, which is what makes the server accept the message.
+``confirm()`` commits ``sent``. So:
+
+- a worker killed before ``confirm()`` leaves the message ``sending`` with an expired lease; the
+  server never got the final dot and discarded it, so the next attempt may safely send it again;
+- a worker killed after ``confirm()`` finds ``sent`` on the next attempt and sends nothing.
+
+The only unsafe moment is between that commit and one socket write. A server that refuses a
+command (4xx), disconnects or cannot be reached leaves the message ``queued`` for the job's
+retries with backoff; a permanent refusal (5xx) marks it ``failed`` with the server's answer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import logging
+import re
+from collections.abc import Callable
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import format_datetime, getaddresses, make_msgid, parseaddr
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+
+from crmkit.core import jobs
+from crmkit.core.db import write_connection
+from crmkit.core.jobs import as_utc, insert_ignoring_conflict, utcnow
+
+if TYPE_CHECKING:
+    from crmkit.app import CRM
+
+log = logging.getLogger(__name__)
+
+OUTBOX_TABLE = "crmkit_mail_outbox"
+SEND_JOB = "mail.send"
+STATUSES = ("queued", "sending", "sent", "failed", "bounced", "cancelled")
+
+# 7-bit transfer encodings (quoted-printable/base64) so any server, with or without 8BITMIME, takes them.
+MESSAGE_POLICY = SMTP_POLICY.clone(cte_type="7bit")
+_EMAIL_RE = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
+
+
+def define_outbox_table(md: sa.MetaData) -> sa.Table:
+    """Add the ``crmkit_mail_outbox`` table to ``md`` and return it."""
+    return sa.Table(
+        OUTBOX_TABLE,
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("message_id", sa.String(255), nullable=False),
+        sa.Column("key", sa.String(255)),  # idempotency key (unique when set)
+        sa.Column("sender", sa.String(320), nullable=False),
+        sa.Column("to_addr", sa.String(320), nullable=False),
+        sa.Column("subject", sa.String(998), nullable=False),
+        sa.Column("text_body", sa.Text, nullable=False),
+        sa.Column("html_body", sa.Text),
+        sa.Column("headers", sa.JSON, nullable=False),
+        sa.Column("meta", sa.JSON, nullable=False),  # the caller's **meta (campaign id, user id, …)
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("locked_by", sa.String(100)),
+        sa.Column("locked_until", sa.DateTime(timezone=True)),
+        sa.Column("error", sa.Text),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", sa.DateTime(timezone=True)),
+        sa.Column("bounced_at", sa.DateTime(timezone=True)),
+        sa.Index("uq_crmkit_mail_outbox_key", "key", unique=True),
+        sa.Index("uq_crmkit_mail_outbox_message_id", "message_id", unique=True),
+        sa.Index("ix_crmkit_mail_outbox_status_id", "status", "id"),
+        sa.Index("ix_crmkit_mail_outbox_to_addr", "to_addr"),
+    )
+
+
+# -------------------------------------------------------------------------------------------------
+# Transports
+# -------------------------------------------------------------------------------------------------
+
+
+class MailError(Exception):
+    """A transport could not deliver a message.
+
+    ``permanent``: the server refused for good (5xx) — retrying cannot help. Otherwise the failure
+    is transient (4xx, connection refused or lost) and the message is retried. ``confirmed``: the
+    failure came after ``confirm()`` was called (the server refused the message data itself).
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, confirmed: bool = False, code: int | None = None):
+        super().__init__(message)
+        self.permanent, self.confirmed, self.code = permanent, confirmed, code
+
+
+class MailTransport(Protocol):
+    """What the ``mail_transport`` hook returns.
+
+    ``send`` delivers ``message`` (its envelope recipients are its To/Cc/Bcc addresses) and must
+    call ``confirm()`` immediately before the step that makes delivery irreversible; if
+    ``confirm()`` raises, it must abandon the message without delivering it. It raises
+    :class:`MailError` (or ``OSError``) on failure. ``close()`` (optional) releases connections.
+    """
+
+    def send(self, message: EmailMessage, *, confirm: Callable[[], None]) -> None: ...
+
+
+def transport(crm: CRM) -> Any:
+    """The transport of ``crm``: the first ``mail_transport`` hook answer (SMTP by default), cached."""
+    cached = crm.__dict__.get("_crmkit_mail_transport")
+    if cached is None:
+        cached = crm.pm.hook.mail_transport(crm=crm)
+        if cached is None:
+            raise RuntimeError("no mail transport: the built-in SMTP plugin was disabled and none replaced it")
+        crm.__dict__["_crmkit_mail_transport"] = cached
+    return cached
+
+
+def close_transport(crm: CRM) -> None:
+    """Close the cached transport's connections (at shutdown)."""
+    cached = crm.__dict__.pop("_crmkit_mail_transport", None)
+    close = getattr(cached, "close", None)
+    if callable(close):
+        close()
+
+
+def _call_send(tr: Any, message: EmailMessage, confirm: Callable[[], None]) -> None:
+    """Call ``tr.send``; a simple transport without ``confirm`` gets it called just before."""
+    try:
+        params = inspect.signature(tr.send).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "confirm" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        tr.send(message, confirm=confirm)
+    else:
+        confirm()
+        tr.send(message)
+
+
+# -------------------------------------------------------------------------------------------------
+# Queueing
+# -------------------------------------------------------------------------------------------------
+
+
+def default_sender(crm: CRM) -> str:
+    """``smtp.sender`` from crmkit.yaml (or CRMKIT_SMTP_SENDER), else ``noreply@<base_url host>``."""
+    sender = crm.config.smtp.get("sender")
+    if sender:
+        return str(sender)
+    host = urlsplit(crm.config.base_url).hostname or "localhost"
+    if "." not in host:
+        host += ".localdomain"
+    return f"noreply@{host}"
+
+
+def _domain(address: str) -> str:
+    return parseaddr(address)[1].rpartition("@")[2] or "localhost"
+
+
+def valid_address(value: str) -> bool:
+    """True for one plain mailbox ``name@domain.tld`` (no display name, no line breaks)."""
+    return bool(value) and len(value) <= 320 and _EMAIL_RE.match(value) is not None
+
+
+def _check_header(name: str, value: str) -> None:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"mail header {name!r} must not contain line breaks")
+
+
+def queue_mail(
+    crm: CRM,
+    *,
+    to: str,
+    subject: str,
+    text: str,
+    html: str | None = None,
+    headers: dict[str, str] | None = None,
+    key: str | None = None,
+    conn: sa.Connection | None = None,
+    run_at: dt.datetime | None = None,
+    sender: str | None = None,
+    max_attempts: int = 8,
+    **meta: Any,
+) -> int | None:
+    """Record a message in the outbox (status ``queued``) and enqueue its ``mail.send`` job.
+
+    Returns the outbox id, or None when a message with the same idempotency ``key`` was queued
+    before (nothing is added then). ``to`` is one address (``Name <a@b.jp>`` is accepted);
+    ``headers`` adds headers such as ``List-Unsubscribe``; ``run_at`` delays the send; ``sender``
+    overrides the configured From. Keyword arguments beyond these (``campaign_id=3``) are kept as
+    the message's JSON ``meta``. With ``conn``, the message and its job are part of the caller's
+    transaction. Raises ValueError for an invalid address or a header containing a line break.
+    """
+    name, address = parseaddr(to or "")
+    if not valid_address(address):
+        raise ValueError(f"not a valid email address: {to!r}")
+    sender = sender or default_sender(crm)
+    if not valid_address(parseaddr(sender)[1]):
+        raise ValueError(f"not a valid sender address: {sender!r}")
+    subject = subject or ""
+    for header, value in {"To": to, "Subject": subject, "From": sender, **(headers or {})}.items():
+        _check_header(header, str(value))
+    now = utcnow()
+    values = {
+        "message_id": make_msgid(domain=_domain(sender)),
+        "key": key,
+        "sender": sender,
+        "to_addr": str(Address(display_name=name, addr_spec=address)) if name else address,
+        "subject": subject[:998],
+        "text_body": text or "",
+        "html_body": html,
+        "headers": {str(k): str(v) for k, v in (headers or {}).items()},
+        "meta": _jsonable(meta),
+        "status": "queued",
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    tbl = outbox_table(crm)
+    with jobs._maybe_conn(crm, conn) as c:
+        if key is None:
+            outbox_id = c.execute(sa.insert(tbl).values(values).returning(tbl.c.id)).scalar_one()
+        else:
+            outbox_id = insert_ignoring_conflict(c, tbl, values, ["key"])
+            if outbox_id is None:
+                return None
+        jobs.enqueue(crm, SEND_JOB, {"outbox_id": outbox_id}, run_at=run_at, key=f"mail:{outbox_id}",
+                     max_attempts=max_attempts, conn=c)
+    return outbox_id
+
+
+def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in meta.items():
+        if isinstance(v, dt.datetime | dt.date):
+            v = v.isoformat()
+        elif not isinstance(v, str | int | float | bool | list | dict | type(None)):
+            v = str(v)
+        out[k] = v
+    return out
+
+
+def outbox_table(crm: CRM) -> sa.Table:
+    """The outbox table of ``crm``."""
+    return crm.system_tables[OUTBOX_TABLE]
+
+
+def get_message(crm: CRM, outbox_id: int) -> dict[str, Any] | None:
+    """One outbox row as a dict, or None."""
+    tbl = outbox_table(crm)
+    with crm.engine.connect() as conn:
+        row = conn.execute(sa.select(tbl).where(tbl.c.id == outbox_id)).mappings().first()
+    return _row(row) if row else None
+
+
+def list_messages(crm: CRM, *, status: str | None = None, to: str | None = None, limit: int = 50,
+                  before_id: int | None = None) -> list[dict[str, Any]]:
+    """Outbox rows newest first (keyset-paged by ``before_id``)."""
+    tbl = outbox_table(crm)
+    stmt = sa.select(tbl).order_by(tbl.c.id.desc()).limit(max(1, min(limit, 500)))
+    if status:
+        stmt = stmt.where(tbl.c.status == status)
+    if to:
+        stmt = stmt.where(tbl.c.to_addr == to)
+    if before_id:
+        stmt = stmt.where(tbl.c.id < before_id)
+    with crm.engine.connect() as conn:
+        return [_row(r) for r in conn.execute(stmt).mappings()]
+
+
+def status_counts(crm: CRM) -> dict[str, int]:
+    """Number of outbox messages per status."""
+    tbl = outbox_table(crm)
+    with crm.engine.connect() as conn:
+        rows = conn.execute(sa.select(tbl.c.status, sa.func.count()).group_by(tbl.c.status)).all()
+    out = dict.fromkeys(STATUSES, 0)
+    out.update({s: n for s, n in rows})
+    return out
+
+
+def _row(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    for k in ("locked_until", "created_at", "updated_at", "sent_at", "bounced_at"):
+        out[k] = as_utc(out[k])
+    return out
+
+
+def requeue(crm: CRM, outbox_id: int, *, conn: sa.Connection | None = None) -> bool:
+    """Send a ``failed`` message again (admin "retry"): back to ``queued`` with a new send job."""
+    tbl = outbox_table(crm)
+    with jobs._maybe_conn(crm, conn) as c:
+        now = utcnow()
+        done = c.execute(
+            sa.update(tbl).where(tbl.c.id == outbox_id, tbl.c.status == "failed")
+            .values(status="queued", error=None, locked_by=None, locked_until=None, updated_at=now)
+        ).rowcount == 1
+        if done:
+            jobs.enqueue(crm, SEND_JOB, {"outbox_id": outbox_id}, key=f"mail:{outbox_id}:retry:{now.timestamp()}",
+                         conn=c)
+        return done
+
+
+def mark_bounced(crm: CRM, *, message_id: str, error: str = "", conn: sa.Connection | None = None,
+                 now: dt.datetime | None = None) -> int | None:
+    """Record a bounce (a DSN naming ``message_id``); returns the outbox id, or None if unknown.
+
+    Called by whoever parses bounce messages (the campaigns plugin); the status becomes ``bounced``.
+    """
+    tbl = outbox_table(crm)
+    mid = message_id.strip()
+    if not mid.startswith("<"):
+        mid = f"<{mid}>"
+    now = as_utc(now) or utcnow()
+    with jobs._maybe_conn(crm, conn) as c:
+        row = c.execute(sa.select(tbl.c.id).where(tbl.c.message_id == mid)).first()
+        if row is None:
+            return None
+        c.execute(sa.update(tbl).where(tbl.c.id == row.id)
+                  .values(status="bounced", bounced_at=now, updated_at=now, error=error[:4000] or None))
+        return row.id
+
+
+# -------------------------------------------------------------------------------------------------
+# Delivering
+# -------------------------------------------------------------------------------------------------
+
+
+def build_message(row: dict[str, Any]) -> EmailMessage:
+    """The MIME message of an outbox row: text part, optional HTML alternative, its headers."""
+    msg = EmailMessage(policy=MESSAGE_POLICY)
+    msg["From"] = row["sender"]
+    msg["To"] = row["to_addr"]
+    msg["Subject"] = row["subject"]
+    msg["Date"] = format_datetime(as_utc(row["created_at"]) or utcnow())
+    msg["Message-ID"] = row["message_id"]
+    for name, value in (row.get("headers") or {}).items():
+        if name.lower() in ("from", "to", "subject", "date", "message-id"):
+            del msg[name]
+        msg[name] = value
+    msg.set_content(row["text_body"] or "")
+    if row.get("html_body"):
+        msg.add_alternative(row["html_body"], subtype="html")
+    return msg
+
+
+def recipients(message: EmailMessage) -> list[str]:
+    """Envelope recipients: the addresses of To, Cc and Bcc."""
+    pairs = getaddresses([str(v) for h in ("To", "Cc", "Bcc") for v in message.get_all(h, [])])
+    return [addr for _name, addr in pairs if addr]
+
+
+class _Busy(Exception):  # noqa: N818
+    """Another worker holds a live claim on the message."""
+
+
+def deliver(crm: CRM, outbox_id: int, *, now: dt.datetime | None = None, worker_id: str | None = None) -> str:
+    """Send one outbox message if it still needs sending; returns its status afterwards.
+
+    Idempotent: a message already ``sent``, ``bounced``, ``failed`` or ``cancelled`` is left alone.
+    Raises :class:`MailError`/``OSError`` after a transient failure (the message is ``queued``
+    again, or ``failed`` on the job's last attempt), and :class:`crmkit.core.jobs.Retry` while
+    another worker is sending it.
+    """
+    info = jobs.current_job()
+    now = as_utc(now) or (info.now if info else utcnow())
+    worker_id = worker_id or (info.worker_id if info else jobs.default_worker_id())
+    lease = dt.timedelta(seconds=jobs.JobSettings.of(crm).lease_seconds)  # a "sending" claim lasts as long as a job's
+    tbl = outbox_table(crm)
+    with write_connection(crm.engine) as conn, conn.begin():
+        claimed = conn.execute(
+            sa.update(tbl)
+            .where(tbl.c.id == outbox_id,
+                   sa.or_(tbl.c.status == "queued", sa.and_(tbl.c.status == "sending", tbl.c.locked_until < now)))
+            .values(status="sending", attempts=tbl.c.attempts + 1, locked_by=worker_id,
+                    locked_until=now + lease, updated_at=now)
+            .returning(*tbl.c)
+        ).mappings().first()
+        if claimed is None:
+            current = conn.execute(sa.select(tbl.c.status, tbl.c.locked_until).where(tbl.c.id == outbox_id)).first()
+    if claimed is None:
+        if current is None:
+            raise jobs.Fail(f"outbox message {outbox_id} does not exist")
+        if current.status == "sending":  # someone else is sending it right now: look again after their lease
+            raise jobs.Retry(at=as_utc(current.locked_until), reason="another worker is sending this message")
+        return current.status
+    row = dict(claimed)
+    confirmed = False
+
+    def confirm() -> None:
+        nonlocal confirmed
+        _confirm_sent(crm, outbox_id, worker_id, now)
+        confirmed = True
+
+    try:
+        _call_send(transport(crm), build_message(row), confirm)
+    except Exception as exc:
+        return _after_failure(crm, outbox_id, worker_id, now, exc, confirmed, info)
+    if not confirmed:  # a transport that returned without calling confirm(): record the send now
+        _confirm_sent(crm, outbox_id, worker_id, now)
+    return "sent"
+
+
+def _confirm_sent(crm: CRM, outbox_id: int, worker_id: str, now: dt.datetime) -> None:
+    """Commit ``sent`` for our claim; raise if the claim was lost (so the transport aborts)."""
+    tbl = outbox_table(crm)
+    stmt = (sa.update(tbl).where(tbl.c.id == outbox_id, tbl.c.status == "sending", tbl.c.locked_by == worker_id)
+            .values(status="sent", sent_at=now, updated_at=now, locked_by=None, locked_until=None, error=None))
+    try:
+        with write_connection(crm.engine) as conn, conn.begin():
+            if conn.execute(stmt).rowcount != 1:
+                raise _Busy(f"outbox message {outbox_id}: claim lost to another worker")
+    except _Busy:
+        raise
+    except Exception:
+        # The commit's outcome is unknown (connection lost while committing): ask the database.
+        with crm.engine.connect() as conn:
+            status = conn.execute(sa.select(tbl.c.status, tbl.c.sent_at).where(tbl.c.id == outbox_id)).first()
+        if status is None or status.status != "sent" or as_utc(status.sent_at) != now:
+            raise
+
+
+def _after_failure(crm: CRM, outbox_id: int, worker_id: str, now: dt.datetime, exc: Exception, confirmed: bool,
+                   info: jobs.JobInfo | None) -> str:
+    """Record a failed send: ``failed`` for permanent refusals, else ``queued`` and re-raise for a retry."""
+    if isinstance(exc, _Busy):
+        raise jobs.Retry(jobs.JobSettings.of(crm).lease_seconds, reason=str(exc)) from exc
+    permanent = isinstance(exc, MailError) and exc.permanent
+    final = permanent or (info is not None and info.last_attempt)
+    status = "failed" if final else "queued"
+    tbl = outbox_table(crm)
+    owner = tbl.c.locked_by == worker_id if not confirmed else tbl.c.status == "sent"
+    with write_connection(crm.engine) as conn, conn.begin():
+        conn.execute(
+            sa.update(tbl).where(tbl.c.id == outbox_id, owner)
+            .values(status=status, error=f"{type(exc).__name__}: {exc}"[:4000], locked_by=None, locked_until=None,
+                    sent_at=None, updated_at=now)
+        )
+    if permanent:
+        log.warning("mail %s refused permanently: %s", outbox_id, exc)
+        return status
+    raise exc
+
+
+__all__ = [
+    "OUTBOX_TABLE", "SEND_JOB", "MailError", "MailTransport", "build_message", "close_transport", "default_sender",
+    "deliver", "get_message", "list_messages", "mark_bounced", "outbox_table", "queue_mail", "recipients",
+    "requeue", "status_counts", "transport", "valid_address",
+]
