@@ -1,0 +1,157 @@
+"""Campaign send benchmark (a script, not a test): one worker sends a campaign to a local SMTP server.
+
+Creates ``--recipients`` leads (default 10,000) with addresses, a segment of all of them and a
+campaign with an HTML template (merge fields, two tracked links, the open pixel, the generated
+text part), schedules it and runs one worker (``crmkit.core.jobs.run_once`` in a loop, one
+thread) until every message has arrived at an aiosmtpd server in this process. It prints the time
+to queue the campaign (select recipients, render, record in the outbox), the time to deliver, and
+the overall rate (the SMTP server runs in a subprocess); the issue's target is 200 messages/s or more with one worker.
+
+Usage::
+
+    python bench/bench_campaign_send.py [--recipients 10000] [--db postgresql://...] [--keep]
+
+Without ``--db`` it uses a fresh SQLite file. With a PostgreSQL URL it works in a fresh schema
+that is dropped afterwards (unless ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from crmkit import CRM  # noqa: E402
+from crmkit.core import jobs, mail  # noqa: E402
+from crmkit.core.actors import SYSTEM  # noqa: E402
+from crmkit.plugins.admin_commands import migrate  # noqa: E402
+
+HTML = """<html><body><h1>{{ recipient.last_name }} {{ recipient.first_name }}様</h1>
+<p>{{ recipient.company }} の皆様へ、新製品のご案内です。</p>
+<p><a href="https://shop.example.jp/new?utm_source=mail">新製品を見る</a></p>
+<p><a href="https://shop.example.jp/seminar">セミナーのお申し込み</a></p>
+<p>担当: {{ owner.display_name }}</p></body></html>"""
+
+
+SINK = """
+import sys, time
+from aiosmtpd.controller import Controller
+
+class Accept:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+
+Controller(Accept(), hostname="127.0.0.1", port=int(sys.argv[1])).start()
+print("ready", flush=True)
+time.sleep(24 * 3600)
+"""
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    """aiosmtpd in its own process, so the server does not compete with the worker for the GIL."""
+    proc = subprocess.Popen([sys.executable, "-c", SINK, str(port)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_schema(url: str) -> tuple[str, str]:
+    import sqlalchemy as sa
+
+    from crmkit.core.db import normalize_url
+
+    schema = "bench_" + secrets.token_hex(4)
+    engine = sa.create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    engine.dispose()
+    sep = "&" if "?" in url else "?"
+    return normalize_url(url) + f"{sep}options=-csearch_path%3D{schema},public", schema
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipients", type=int, default=10_000)
+    parser.add_argument("--db", default=None, help="database URL (default: a fresh SQLite file)")
+    parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL schema")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="crmkit_bench_send_"))
+    schema = None
+    url = args.db
+    if url and url.startswith("postgres"):
+        url, schema = pg_schema(url)
+    url = url or f"sqlite:///{tmp / 'bench.db'}"
+
+    port = free_port()
+    sink = start_sink(port)
+    crm = CRM(tmp, database_url=url, enable=["email_campaigns"], entry_points=False)
+    crm.config.smtp = {"host": "127.0.0.1", "port": port, "sender": "news@example.jp", "timeout": 30}
+    crm.config.base_url = "https://crm.example.jp"
+    crm.config.secret_key = "bench-secret-key-0123456789abcdef"
+    try:
+        migrate(crm)
+        store = crm.records
+        owner = store.create("user", {"username": "owner", "display_name": "営業 太郎", "role": "admin"}, actor=SYSTEM)
+        t0 = time.perf_counter()
+        rows = [{"last_name": f"山田{i}", "first_name": "花子", "company": f"株式会社サンプル{i % 500}",
+                 "email": f"user{i}@example.jp", "owner": owner["id"]} for i in range(args.recipients)]
+        for start in range(0, len(rows), 2000):
+            store.create_many("lead", rows[start:start + 2000], actor=SYSTEM)
+        print(f"{args.recipients:,} leads created in {time.perf_counter() - t0:.1f}s ({crm.engine.dialect.name})")
+        seg = store.create("email_segment", {"name": "All", "audience": "lead", "condition": {}}, actor=SYSTEM)
+        c = store.create("email_campaign", {
+            "name": "Bench", "segment": seg["id"], "default_language": "ja",
+            "subject_ja": "{{ recipient.last_name }}様 新製品のご案内", "html_ja": HTML,
+        }, actor=SYSTEM)
+        from plugins_contrib.email_campaigns import campaigns
+
+        campaigns.run_action(crm, c["id"], "schedule", SYSTEM)
+        start = time.perf_counter()
+        queued_at = None
+        sent = 0
+        while sent < args.recipients:
+            n = jobs.run_once(crm, worker_id="bench")
+            if queued_at is None and not jobs.list_jobs(crm, status="queued", name="email_campaigns.send", limit=1):
+                queued_at = time.perf_counter()
+            sent = mail.status_counts(crm)["sent"]
+            if n == 0:
+                time.sleep(0.05)
+            if time.perf_counter() - start > 3600:
+                raise SystemExit("gave up after an hour")
+        total = time.perf_counter() - start
+        queued = (queued_at or time.perf_counter()) - start
+        print(f"campaign queued (select, render, outbox) within {queued:.1f}s")
+        print(f"{sent:,} messages sent in {total:.1f}s: {sent / total:.0f} messages/s "
+              f"with one worker (target: >= 200/s)")
+    finally:
+        crm.close()
+        sink.terminate()
+        if schema and not args.keep:
+            import sqlalchemy as sa
+
+            from crmkit.core.db import normalize_url
+
+            engine = sa.create_engine(normalize_url(args.db), isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+            engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
