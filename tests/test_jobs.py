@@ -141,6 +141,46 @@ def test_retry_and_fail_exceptions(tmp_path, db_url):
     crm.close()
 
 
+def test_batch_done_handlers_are_marked_done_together_and_rerun_after_a_crash(tmp_path, db_url):
+    """``own_transactions(batch_done=True)``: jobs are marked done after the batch; a worker dying
+    mid-batch leaves the batch's jobs to be run again (idempotently) after their lease."""
+    calls: list[int] = []
+
+    class Crash(BaseException):
+        pass
+
+    class Plugin:
+        __name__ = "batch_done"
+
+        @hookimpl
+        def register_job_handlers(self, crm):
+            @jobs.own_transactions(batch_done=True)
+            def step(crm, payload, conn):
+                assert conn is None
+                calls.append(payload["n"])
+                if payload["n"] == 2 and payload.get("crash") and calls.count(2) == 1:
+                    raise Crash()
+
+            return {"t.step": step}
+
+    crm = make_crm(tmp_path, db_url, plugins=[Plugin()])
+    ids = [jobs.enqueue(crm, "t.step", {"n": n}, run_at=T0) for n in range(5)]
+    assert jobs.run_once(crm, now=T0, names=["t.step"]) == 5
+    assert [jobs.get(crm, i)["status"] for i in ids] == ["done"] * 5 and calls == [0, 1, 2, 3, 4]
+    assert all(jobs.get(crm, i)["finished_at"] == T0 for i in ids)
+
+    calls.clear()
+    ids = [jobs.enqueue(crm, "t.step", {"n": n, "crash": True}, run_at=T0) for n in range(4)]
+    with pytest.raises(Crash):
+        jobs.run_once(crm, now=T0, names=["t.step"])
+    # The jobs that finished before the crash are recorded; the crashed and unstarted ones wait for their lease.
+    assert [jobs.get(crm, i)["status"] for i in ids] == ["done", "done", "running", "running"]
+    assert jobs.run_once(crm, now=T0 + dt.timedelta(seconds=60), names=["t.step"]) == 0
+    assert jobs.run_once(crm, now=T0 + dt.timedelta(hours=1), names=["t.step"]) == 2
+    assert [jobs.get(crm, i)["status"] for i in ids] == ["done"] * 4 and calls == [0, 1, 2, 2, 3]
+    crm.close()
+
+
 def test_unknown_job_name_fails_visibly(crm):
     job_id = jobs.enqueue(crm, "nobody.handles", {}, max_attempts=1, run_at=T0)
     jobs.run_once(crm, now=T0)

@@ -335,3 +335,45 @@ def test_four_workers_and_a_killed_one_deliver_every_message_exactly_once(projec
     with crm.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).where(t.c.status != "sent")).scalar_one() == 0
     crm.close()
+
+
+@pytest.mark.parametrize("text,html", [
+    ("plain ASCII\n.leading dot\nlast line without newline", None),
+    ("本文です。\nこんにちは\n", "<p>本文です。</p>\n<p><a href=\"https://example.jp/a?b=1&c=2\">リンク</a></p>"),
+    ("Mostly English with one accent: café  \nTrailing spaces above\n", "<p>caf\u00e9</p>\n"),
+    ("x" * 1200 + "\n", "<html><body>" + "y" * 2000 + "</body></html>"),
+    ("", "<p>only html</p>"),
+])
+def test_the_fast_serialiser_matches_the_email_package(text, html):
+    """``crmkit.core.mime.render`` (what the SMTP transport sends) says what ``build_message`` says."""
+    import email
+    import email.policy
+
+    from crmkit.core import mime
+
+    row = {
+        "sender": "営業 太郎 <news@example.jp>", "to_addr": "\"Tanaka, Taro\" <taro@example.co.jp>",
+        "subject": "山田様 新製品のご案内 " * 4, "created_at": T0, "message_id": "<abc.123@example.jp>",
+        "text_body": text, "html_body": html,
+        "headers": {"List-Unsubscribe": "<https://crm.example.jp/t/u/" + "t" * 150 + ">, <mailto:u@example.jp>",
+                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "Reply-To": "担当 <r@example.jp>",
+                    "X-Words": "word " * 30, "Bcc": "hidden@example.jp"},
+    }
+    raw = mime.render(row)
+    assert raw.envelope_from == "news@example.jp"
+    assert raw.recipients == ["taro@example.co.jp", "hidden@example.jp"]
+    assert raw.data.isascii() and b"\n" not in raw.data.replace(b"\r\n", b"")
+    assert max(len(line) for line in raw.data.split(b"\r\n")) <= 998
+    got = email.message_from_bytes(raw.data, policy=email.policy.default)
+    want = mail.build_message(row)
+    for name in ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post",
+                 "Reply-To", "X-Words"):
+        assert str(got[name]).strip() == str(want[name]).strip(), name
+    assert got["Bcc"] is None and got["To"].addresses[0].display_name == "Tanaka, Taro"
+    # RFC 8058: the unsubscribe URL stays a plain, unencoded URI (folded only between the two URIs).
+    assert b"List-Unsubscribe: <https://crm.example.jp/t/u/" + b"t" * 150 + b">" in raw.data
+    for subtype in ("plain", "html"):
+        part, expected = got.get_body(preferencelist=(subtype,)), want.get_body(preferencelist=(subtype,))
+        assert (part is None) == (expected is None)
+        if part is not None:
+            assert part.get_content().replace("\r\n", "\n") == expected.get_content().replace("\r\n", "\n")

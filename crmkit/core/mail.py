@@ -24,6 +24,7 @@ retries with backoff; a permanent refusal (5xx) marks it ``failed`` with the ser
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import inspect
 import logging
 import re
@@ -32,12 +33,12 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, getaddresses, make_msgid, parseaddr
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from crmkit.core import jobs
+from crmkit.core import jobs, mime
 from crmkit.core.db import write_connection
 from crmkit.core.jobs import as_utc, insert_ignoring_conflict, utcnow
 
@@ -111,6 +112,8 @@ class MailTransport(Protocol):
     call ``confirm()`` immediately before the step that makes delivery irreversible; if
     ``confirm()`` raises, it must abandon the message without delivering it. It raises
     :class:`MailError` (or ``OSError``) on failure. ``close()`` (optional) releases connections.
+    A transport may also offer ``send_raw(envelope_from, recipients, data, *, confirm)`` taking
+    the serialised message (:func:`crmkit.core.mime.render`); the outbox worker then prefers it.
     """
 
     def send(self, message: EmailMessage, *, confirm: Callable[[], None]) -> None: ...
@@ -230,7 +233,7 @@ def queue_mail(
     tbl = outbox_table(crm)
     with jobs._maybe_conn(crm, conn) as c:
         if key is None:
-            outbox_id = c.execute(sa.insert(tbl).values(values).returning(tbl.c.id)).scalar_one()
+            outbox_id = c.execute(jobs._plain_insert(tbl), values).scalar_one()
         else:
             outbox_id = insert_ignoring_conflict(c, tbl, values, ["key"])
             if outbox_id is None:
@@ -360,6 +363,33 @@ def recipients(message: EmailMessage) -> list[str]:
     return [addr for _name, addr in pairs if addr]
 
 
+class _Statements(NamedTuple):
+    """The per-message statements, built once per outbox table (values are bound parameters)."""
+
+    claim: Any
+    confirm: Any
+
+
+@functools.lru_cache(maxsize=64)
+def _statements(tbl: sa.Table) -> _Statements:
+    now = sa.bindparam("now", type_=tbl.c.updated_at.type)
+    claim = (
+        sa.update(tbl)
+        .where(tbl.c.id == sa.bindparam("outbox_id"),
+               sa.or_(tbl.c.status == "queued", sa.and_(tbl.c.status == "sending", tbl.c.locked_until < now)))
+        .values(status="sending", attempts=tbl.c.attempts + 1, locked_by=sa.bindparam("worker"),
+                locked_until=sa.bindparam("until", type_=tbl.c.locked_until.type), updated_at=now)
+        .returning(*tbl.c)
+    )
+    confirm = (
+        sa.update(tbl)
+        .where(tbl.c.id == sa.bindparam("outbox_id"), tbl.c.status == "sending",
+               tbl.c.locked_by == sa.bindparam("worker"))
+        .values(status="sent", sent_at=now, updated_at=now, locked_by=None, locked_until=None, error=None)
+    )
+    return _Statements(claim, confirm)
+
+
 class _Busy(Exception):  # noqa: N818
     """Another worker holds a live claim on the message."""
 
@@ -379,12 +409,8 @@ def deliver(crm: CRM, outbox_id: int, *, now: dt.datetime | None = None, worker_
     tbl = outbox_table(crm)
     with write_connection(crm.engine) as conn, conn.begin():
         claimed = conn.execute(
-            sa.update(tbl)
-            .where(tbl.c.id == outbox_id,
-                   sa.or_(tbl.c.status == "queued", sa.and_(tbl.c.status == "sending", tbl.c.locked_until < now)))
-            .values(status="sending", attempts=tbl.c.attempts + 1, locked_by=worker_id,
-                    locked_until=now + lease, updated_at=now)
-            .returning(*tbl.c)
+            _statements(tbl).claim,
+            {"outbox_id": outbox_id, "now": now, "worker": worker_id, "until": now + lease},
         ).mappings().first()
         if claimed is None:
             current = conn.execute(sa.select(tbl.c.status, tbl.c.locked_until).where(tbl.c.id == outbox_id)).first()
@@ -403,7 +429,13 @@ def deliver(crm: CRM, outbox_id: int, *, now: dt.datetime | None = None, worker_
         confirmed = True
 
     try:
-        _call_send(transport(crm), build_message(row), confirm)
+        tr = transport(crm)
+        send_raw = getattr(tr, "send_raw", None)
+        if callable(send_raw):  # bytes straight from the row: no EmailMessage round trip (see crmkit.core.mime)
+            raw = mime.render(row)
+            send_raw(raw.envelope_from, raw.recipients, raw.data, confirm=confirm)
+        else:
+            _call_send(tr, build_message(row), confirm)
     except Exception as exc:
         return _after_failure(crm, outbox_id, worker_id, now, exc, confirmed, info)
     if not confirmed:  # a transport that returned without calling confirm(): record the send now
@@ -414,11 +446,10 @@ def deliver(crm: CRM, outbox_id: int, *, now: dt.datetime | None = None, worker_
 def _confirm_sent(crm: CRM, outbox_id: int, worker_id: str, now: dt.datetime) -> None:
     """Commit ``sent`` for our claim; raise if the claim was lost (so the transport aborts)."""
     tbl = outbox_table(crm)
-    stmt = (sa.update(tbl).where(tbl.c.id == outbox_id, tbl.c.status == "sending", tbl.c.locked_by == worker_id)
-            .values(status="sent", sent_at=now, updated_at=now, locked_by=None, locked_until=None, error=None))
     try:
         with write_connection(crm.engine) as conn, conn.begin():
-            if conn.execute(stmt).rowcount != 1:
+            params = {"outbox_id": outbox_id, "worker": worker_id, "now": now}
+            if conn.execute(_statements(tbl).confirm, params).rowcount != 1:
                 raise _Busy(f"outbox message {outbox_id}: claim lost to another worker")
     except _Busy:
         raise

@@ -156,12 +156,20 @@ class SmtpTransport:
     def send(self, message: EmailMessage, *, confirm: Callable[[], None] = lambda: None) -> None:
         """Deliver ``message``; call ``confirm()`` just before the final dot (see module docstring)."""
         rcpts = recipients(message)
-        if not rcpts:
-            raise MailError("message has no recipients", permanent=True)
         envelope_from = parseaddr(str(message.get("Sender") or message.get("From") or ""))[1]
         if "Bcc" in message:
             del message["Bcc"]
-        data = message.as_bytes(policy=SMTP_POLICY)
+        self.send_raw(envelope_from, rcpts, message.as_bytes(policy=SMTP_POLICY), confirm=confirm)
+
+    def send_raw(self, envelope_from: str, rcpts: list[str], data: bytes, *,
+                 confirm: Callable[[], None] = lambda: None) -> None:
+        """Deliver ready-made message bytes (CRLF line ends) to ``rcpts``; ``confirm()`` as for :meth:`send`.
+
+        The outbox worker uses this with :func:`crmkit.core.mime.render`, skipping the costly
+        :class:`~email.message.EmailMessage` round trip.
+        """
+        if not rcpts:
+            raise MailError("message has no recipients", permanent=True)
         conn = getattr(self._local, "conn", None)
         for fresh in (False, True):
             if conn is None:

@@ -22,9 +22,10 @@ def mail_transport(crm: Any) -> Any:
     return smtp_transport(crm)
 
 
-@jobs.own_transactions
+@jobs.own_transactions(batch_done=True)
 def send_mail_job(crm: Any, payload: dict[str, Any], conn: Any) -> None:
-    """``mail.send``: deliver one outbox message (idempotent: the outbox status says what was sent)."""
+    """``mail.send``: deliver one outbox message (idempotent: the outbox status says what was sent,
+    so its jobs may be marked done a batch at a time)."""
     mail.deliver(crm, int(payload["outbox_id"]))
 
 
