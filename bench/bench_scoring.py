@@ -10,6 +10,7 @@ Run with crmkit's venv::
 
     .venv/bin/python bench/bench_scoring.py --leads 1000000          # the full size (a few GB of disk)
     .venv/bin/python bench/bench_scoring.py --leads 20000 --saves 300  # a quick run
+    .venv/bin/python bench/bench_scoring.py --dir /tmp/sc --reuse --skip-assignment  # again, same data
 
 The database is built in a temporary directory (``--dir`` to keep it) with bulk SQL inserts
 (generating data is not what is measured).
@@ -72,28 +73,39 @@ def build_leads(crm: CRM, n: int, per_lead: int, seed: int = 1) -> None:
     print()
 
 
-def bench_recompute(workdir: Path, n: int, per_lead: int, chunk: int) -> None:
+def bench_recompute(workdir: Path, n: int, per_lead: int, chunk: int, reuse: bool = False) -> None:
     from plugins_contrib.lead_scoring import engine, rules_of
 
-    url = f"sqlite:///{workdir / 'scoring.db'}"
-    crm = CRM(workdir, database_url=url, enable=["lead_scoring"], entry_points=False)
-    migrate(crm)
-    print(f"Building {n:,} leads and {n * per_lead:,} activities ...")
-    t = time.perf_counter()
-    build_leads(crm, n, per_lead)
-    print(f"  ({time.perf_counter() - t:.1f} s to build; not measured)")
+    db = workdir / "scoring.db"
+    reused = reuse and db.exists()
+    crm = CRM(workdir, database_url=f"sqlite:///{db}", enable=["lead_scoring"], entry_points=False)
+    if reused:
+        with crm.engine.connect() as conn:
+            n = conn.execute(sa.select(sa.func.count()).select_from(crm.table("lead"))).scalar_one()
+            per_lead = round(conn.execute(sa.select(sa.func.count()).select_from(crm.table("activity")))
+                             .scalar_one() / max(n, 1))
+        print(f"Reusing {db} ({n:,} leads)")
+    else:
+        migrate(crm)
+        print(f"Building {n:,} leads and {n * per_lead:,} activities ...")
+        t = time.perf_counter()
+        build_leads(crm, n, per_lead)
+        print(f"  ({time.perf_counter() - t:.1f} s to build; not measured)")
     rules = rules_of(crm)
     now = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     engine.recompute_all(crm, rules, now=now, chunk=chunk)
-    elapsed = time.perf_counter() - t
+    elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
     with crm.engine.connect() as conn:
         items = conn.execute(sa.select(sa.func.count()).select_from(crm.system_tables["scoring_ledger"])).scalar()
         scored = conn.execute(sa.select(sa.func.count()).where(crm.table("lead").c.scoring_score > 0)).scalar()
     print(f"Recompute: {n:,} leads, {n * per_lead:,} activities -> {items:,} ledger items in {elapsed:.1f} s "
           f"({n / elapsed:,.0f} leads/s; {scored:,} leads with points; chunk {chunk:,})")
-    if n:
-        print(f"  extrapolated to 1,000,000 leads: {elapsed * 1_000_000 / n:.0f} s (target < 60 s)")
+    # SQLite runs in this process: CPU time is what the recompute costs, without the wait for a busy machine
+    print(f"  CPU time of this process: {cpu:.1f} s")
+    if n:  # linear: every chunk reads only its own leads' rows through the lead index (no full scans)
+        print(f"  extrapolated linearly to 1,000,000 leads: {elapsed * 1_000_000 / n:.0f} s wall, "
+              f"{cpu * 1_000_000 / n:.0f} s CPU (target < 60 s)")
     crm.close()
 
 
@@ -139,6 +151,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=50000)
     parser.add_argument("--saves", type=int, default=500)
     parser.add_argument("--dir", type=Path, help="Keep the databases here (default: a temporary directory).")
+    parser.add_argument("--reuse", action="store_true",
+                        help="With --dir: recompute the database a previous run left there instead of rebuilding it.")
     parser.add_argument("--skip-recompute", action="store_true")
     parser.add_argument("--skip-assignment", action="store_true")
     args = parser.parse_args()
@@ -146,7 +160,8 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         if not args.skip_recompute:
-            bench_recompute(workdir / "recompute", args.leads, args.activities_per_lead, args.chunk)
+            bench_recompute(workdir / "recompute", args.leads, args.activities_per_lead, args.chunk,
+                            reuse=args.reuse and args.dir is not None)
         if not args.skip_assignment:
             bench_assignment(workdir / "assignment", args.saves)
     finally:

@@ -388,6 +388,28 @@ def test_set_based_recompute_of_all_leads_matches_the_scores_kept_on_save(tmp_pa
     assert len({v for v in kept.values()}) > 3
 
 
+def test_a_chunk_of_a_sqlite_recompute_reads_activities_through_the_lead_index(tmp_path):
+    """SQLite has no statistics: left alone it reads every activity of a type for each chunk (a
+    recompute quadratic in the table size); each chunk must range-scan its own leads' activities."""
+    crm, org = scoring_crm(tmp_path, f"sqlite:///{tmp_path / 'plan.db'}", FIT_RULES, overlay=ACCOUNT_OVERLAY)
+    lead = crm.records.create("lead", {"last_name": "P"}, actor=SYSTEM)
+    for j in range(3):
+        activity(crm, lead, ("call", "visit", "email")[j], dt.datetime(2026, 3, 1, j, tzinfo=UTC))
+    now = dt.datetime(2026, 6, 1, tzinfo=UTC)
+    pipe = engine.Pipeline(crm, rules_of(crm), now)
+    lead_index = {ix.name for ix in crm.table("activity").indexes if [c.name for c in ix.columns] == ["lead"]}
+    assert lead_index
+    with crm.engine.connect() as conn:
+        for scope in (engine.Scope(id_range=(1, 20000)), engine.Scope(ids=[lead["id"]])):
+            sql = str(pipe.select(scope).compile(crm.engine, compile_kwargs={"literal_binds": True}))
+            plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+            reads = [p for p in plan if " activity " in f"{p} "]
+            assert reads and all(any(name in p for name in lead_index) for p in reads), plan
+            rows = conn.execute(pipe.select(scope)).all()
+            assert sorted((r.rule_name, r.effective) for r in rows if r.source_entity == "activity") == [
+                ("call", 1.0), ("visit", 3.0)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad rule files
 # ---------------------------------------------------------------------------------------------
