@@ -84,7 +84,7 @@ CASES: list[tuple[str, str]] = [
     ("first", "list: first page"),
     ("deep", "list: page {page:,}"),
     ("sort_status", "list: sorted by status (indexed)"),
-    ("sort_name", "list: sorted by last name (no index)"),
+    ("sort_name", "list: sorted by last name (a listed column)"),
     ("search", "list: search {word} (~1%)"),
     ("detail", "detail page"),
     ("edit", "edit form"),

@@ -58,6 +58,7 @@ class CRM:
             config_plugins=list(self.config.plugins) + [p for p in enable if p not in self.config.plugins],
             disabled=self.config.disable_plugins,
             entry_points=entry_points,
+            project_dir=self.config.project_dir,
         )
         self._check_plugin_config()
         self.field_types = FieldTypeRegistry()
@@ -163,6 +164,8 @@ class CRM:
             return
         self._closed = True
         self.pm.hook.shutdown(crm=self)
+        if "records" in self.__dict__:
+            self.records.reads.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
 

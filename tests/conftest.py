@@ -40,6 +40,14 @@ def pg_admin():
     engine = _pg_engine()
     with engine.connect() as conn:
         conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+        # Each test's schema comes first on its search_path, then public (for pg_trgm): tables left in
+        # public by hand would shadow missing ones and make tests fail in confusing ways.
+        leftovers = conn.exec_driver_sql(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
+        ).scalars().all()
+    if leftovers:
+        pytest.fail(f"the test database's public schema holds tables ({', '.join(leftovers[:8])}…): "
+                    "use an empty database for CRMKIT_TEST_DATABASE_URL")
     yield engine
     engine.dispose()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -70,6 +73,52 @@ def single_statement_connection(engine: sa.Engine) -> sa.Connection:
     as a small indexed query; elsewhere it is a plain connection.
     """
     return engine.connect().execution_options(crmkit_single_statement=True)
+
+
+class ReadConnections:
+    """Connections for single-statement reads, kept checked out between reads on SQLite.
+
+    Checking a connection out of the pool and back costs about as much as a 50-row indexed query
+    on SQLite, so a few idle ones are kept ready (in autocommit: no transaction and no snapshot is
+    held between statements, so each read sees the latest commit). Each is used by one thread at
+    a time. PostgreSQL connections are not kept: an idle one there would sit in an open transaction.
+    """
+
+    def __init__(self, engine: sa.Engine, keep: int = 4):
+        self.engine = engine
+        self.keep = keep if is_sqlite(engine) else 0  # stays below the pool size (5)
+        self._idle: deque[sa.Connection] = deque()
+        self._closed = False
+
+    @contextmanager
+    def connect(self) -> Iterator[sa.Connection]:
+        """A connection for reads whose statements each stand alone."""
+        if not self.keep:
+            with single_statement_connection(self.engine) as conn:
+                yield conn
+            return
+        try:
+            conn = self._idle.pop()  # deque.pop/append are atomic: no lock needed
+        except IndexError:
+            conn = single_statement_connection(self.engine)
+        try:
+            yield conn
+        except BaseException:
+            conn.close()  # whatever state the error left it in, do not reuse it
+            raise
+        if self._closed or conn.invalidated or len(self._idle) >= self.keep:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        """Return the idle connections to the pool (before the engine is disposed)."""
+        self._closed = True
+        while self._idle:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                break
 
 
 def write_connection(engine: sa.Engine) -> sa.Connection:

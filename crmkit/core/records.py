@@ -20,7 +20,7 @@ from crmkit.core import compute, conditions, permissions, queries, text
 from crmkit.core.actors import SYSTEM, Actor
 from crmkit.core.audit import AUDIT_TABLE, changes, encode
 from crmkit.core.catalog import Entity, Field
-from crmkit.core.db import single_statement_connection, write_connection
+from crmkit.core.db import ReadConnections, write_connection
 from crmkit.core.errors import BadRequest, ConflictError, NotFound, PermissionDenied, ValidationError
 from crmkit.core.events import Event, dispatch
 from crmkit.core.fieldtypes import InvalidValue
@@ -89,6 +89,11 @@ class Tx:
         return create_many(self, entity, rows, actor or self.actor, present=present)
 
 
+def _title_text(id: int, title: Any) -> str:
+    """A record's display title; ``#id`` when the title field is empty."""
+    return str(title) if title not in (None, "") else f"#{id}"
+
+
 def _shape_key(plan: _ListPlan, *parts: Any) -> tuple[Any, ...] | None:
     """A hashable key for a list query's statements; None when it must not be kept.
 
@@ -129,6 +134,7 @@ class RecordStore:
         self._list_plans: dict[tuple[Any, ...], _ListPlan] = {}
         self._list_statements: dict[tuple[Any, ...], tuple[sa.Select, sa.Select | None]] = {}
         self._field_access: dict[tuple[Any, ...], dict[str, str]] = {}
+        self.reads = ReadConnections(crm.engine)
         # Entities whose search text includes a path through a reference to the key entity:
         # renaming an account must refresh its contacts' search text.
         self._search_dependents: dict[str, list[tuple[str, str]]] = {}
@@ -210,7 +216,7 @@ class RecordStore:
 
     def get(self, entity: str, id: int, *, actor: Actor) -> dict[str, Any]:
         """One record as the actor may see it; NotFound when missing or outside their scope."""
-        with self.crm.engine.connect() as conn:
+        with self.crm.engine.connect() as conn:  # several statements: one snapshot
             return self._get(conn, entity, id, actor)
 
     def list(
@@ -237,7 +243,7 @@ class RecordStore:
         restrictions = self.restrictions(actor, ent, action)
         values = queries.decode_cursor(keys, cursor) if cursor else None
         # The page and its count are one statement, so no snapshot across statements is needed.
-        with single_statement_connection(self.crm.engine) as conn:
+        with self.reads.connect() as conn:
             # A list page runs two small indexed queries; building and hashing their SQLAlchemy
             # statements costs more than running them, so each query shape is built once.
             shape = _shape_key(plan, conn.dialect.name, filter, q, restrictions, actor.params(), limit,
@@ -267,14 +273,12 @@ class RecordStore:
             count, capped = None, False
             if with_count:
                 n = raw[0][-1] if raw else conn.execute(stmts[1]).scalar_one()  # no rows: ask on its own
-                count, capped = queries.count_result(n)
-                width = len(plan.names)
-                raw = [row[:width] for row in raw]
+                count, capped = queries.count_result(n)  # (the presenter ignores that extra column)
             has_more = len(raw) > limit
             raw = raw[:limit]
             # The cursor comes from the stored values, not from what a masked column shows.
             next_cursor = (
-                queries.encode_cursor(keys, dict(zip(plan.names, raw[-1], strict=True))) if has_more and raw else None
+                queries.encode_cursor(keys, dict(zip(plan.names, raw[-1]))) if has_more and raw else None  # noqa: B905
             )
             rows = [present(row) for row in raw]
             if plan.many:
@@ -290,14 +294,14 @@ class RecordStore:
         table = self.tables[entity]
         title_col = table.c[ent.title_field] if ent.title_field in table.c else table.c.id
         extra: list = []
-        with self.crm.engine.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.execute(sa.select(table.c.id, title_col, *extra).where(table.c.id.in_(sorted(ids))))
             out = {}
             for row in rows:
                 title = row[1]
                 if extra and row[2]:
                     title = f"{title or ''} {row[2]}".strip()
-                out[row[0]] = str(title) if title not in (None, "") else f"#{row[0]}"
+                out[row[0]] = _title_text(row[0], title)
             return out
 
     def search_titles(self, entity: str, q: str, *, actor: Actor, limit: int = 10) -> list[tuple[int, str]]:
@@ -310,6 +314,8 @@ class RecordStore:
         else:
             page = self.list(entity, actor=actor, q=q or None, limit=limit, with_count=False,
                              columns=[ent.title_field])
+        if ent.title_field in self.tables[entity].c:  # the list already read the title column
+            return [(r["id"], _title_text(r["id"], r.get(ent.title_field))) for r in page.items]
         titles = self.titles(entity, [r["id"] for r in page.items])
         return [(r["id"], titles.get(r["id"], f"#{r['id']}")) for r in page.items]
 
@@ -434,13 +440,14 @@ class RecordStore:
         hidden = {n for n in names if access.get(n, "read") in ("none", "write-only") or n == SEARCH_COLUMN}
         masked = [n for n in names if access.get(n, "read") == "mask"]
         if not hidden and not masked:
+            # zip() stops at the last name: a trailing count column (see list()) is left out.
             if not datetimes:
-                return lambda row: dict(zip(names, row, strict=True))
+                return lambda row: dict(zip(names, row))  # noqa: B905
 
             dt_names = [names[i] for i in datetimes]
 
             def plain(row: Sequence[Any]) -> dict[str, Any]:
-                out = dict(zip(names, row, strict=True))
+                out = dict(zip(names, row))  # noqa: B905
                 for name in dt_names:
                     v = out[name]
                     if v is not None and v.tzinfo is None:  # SQLite hands back naive UTC datetimes
@@ -448,7 +455,7 @@ class RecordStore:
                 return out
 
             return plain
-        return lambda row: self._present(ent, dict(zip(names, row, strict=True)), access)
+        return lambda row: self._present(ent, dict(zip(names, row)), access)  # noqa: B905
 
     def _present(self, ent: Entity, row: Mapping[str, Any], access: dict[str, str]) -> dict[str, Any]:
         """A row as the actor sees it: hidden fields dropped, masked ones masked, UTC datetimes."""

@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 ADDRESS_ORDER_JA = ("postal_code", "prefecture", "city", "street", "building", "country")
 ADDRESS_ORDER_EN = ("building", "street", "city", "prefecture", "postal_code", "country")
 _TEL_RE = re.compile(r"[^0-9+]")
+
+
+def _esc(value: Any) -> str:
+    """HTML-escaped text as a plain ``str`` (adding a str to a Markup would escape the str)."""
+    return str(escape(value))
+
+
 _CSV_DANGER = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -63,6 +70,7 @@ class Display:
         self.lang = ctx.lang
         self.titles: dict[str, dict[int, str]] = {}
         self._cell_hook = bool(ctx.crm.pm.hook.render_cell.get_hookimpls())
+        self._chips: dict[tuple[int, Any], Markup] = {}
 
     # -- titles ----------------------------------------------------------------------------------
     def prefetch(self, records: Iterable[Mapping[str, Any]], fields: Iterable[Field]) -> None:
@@ -116,10 +124,13 @@ class Display:
         t = f.type
         if t in ("string", "integer") and f.name == "id":
             return escape(value)
+        # Plain-string concatenation of escaped parts: Markup.format() goes through string.Formatter,
+        # and a list page renders hundreds of cells.
         if t == "email":
-            return Markup('<a href="mailto:{0}">{0}</a>').format(value)
+            v = _esc(value)
+            return Markup('<a href="mailto:' + v + '">' + v + "</a>")
         if t == "phone":
-            return Markup('<a href="tel:{}">{}</a>').format(_TEL_RE.sub("", str(value)), value)
+            return Markup('<a href="tel:' + _esc(_TEL_RE.sub("", str(value))) + '">' + _esc(value) + "</a>")
         if t == "url":
             text = str(value)
             if not text.lower().startswith(("http://", "https://")):
@@ -137,7 +148,8 @@ class Display:
             label = self.ctx._("yes") if value else self.ctx._("no")
             return Markup('<span class="bool bool-{}">{}</span>').format("y" if value else "n", label)
         if t == "reference" and f.to:
-            return Markup('<a href="/admin/{}/{}">{}</a>').format(f.to, value, self.title(f.to, value))
+            href = "/admin/" + _esc(f.to) + "/" + _esc(value)
+            return Markup('<a href="' + href + '">' + _esc(self.title(f.to, value)) + "</a>")
         if t == "references" and f.to:
             items = [item for item in value if isinstance(item, Mapping)]
             links = [
@@ -198,10 +210,21 @@ class Display:
 
     def chip(self, f: Field, value: Any) -> Markup:
         """An option as a coloured chip with its label in the UI language."""
-        opt = f.option(value)
-        if opt is None:
-            return Markup('<span class="chip c-none">{}</span>').format(value)
-        return Markup('<span class="chip {}">{}</span>').format(color_class(opt.color), opt.text(self.lang))
+        key = (id(f), value)  # catalog fields live as long as the CRM; a Display, one page
+        try:
+            html = self._chips.get(key)
+        except TypeError:  # an unhashable stored value
+            key, html = None, None
+        if html is None:
+            opt = f.option(value)
+            if opt is None:
+                html = Markup('<span class="chip c-none">' + _esc(value) + "</span>")
+            else:
+                html = Markup('<span class="chip ' + _esc(color_class(opt.color)) + '">'
+                              + _esc(opt.text(self.lang)) + "</span>")
+            if key is not None:
+                self._chips[key] = html
+        return html
 
     # -- text ------------------------------------------------------------------------------------
     def text(self, f: Field, value: Any) -> str:

@@ -7,7 +7,6 @@ columns) plus one title query per referenced entity; the HTML stays small.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 import json
@@ -19,16 +18,18 @@ from urllib.parse import urlencode
 from markupsafe import Markup, escape
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from crmkit.core.catalog import thaw
 from crmkit.core.errors import BadRequest, CRMError, PermissionDenied
 from crmkit.plugins import call_each
 from crmkit.web.display import Display
 from crmkit.web.forms import translate_message
 
 if TYPE_CHECKING:
-    from crmkit.core.catalog import Entity, Field
+    from crmkit.core.catalog import Entity, Field, ListView
     from crmkit.web.site import PageContext
 
 SAVED_VIEW = "saved_view"
+ALL_VIEW = "all"
 KEEP_PARAMS = ("q", "sort", "filter")
 FILTER_PREFIX = "f."
 EXPORT_PAGE = 500
@@ -49,6 +50,8 @@ class ListState:
     raw_filter: str = ""
     filters: dict[str, list[str]] = field(default_factory=dict)
     conditions: list[Any] = field(default_factory=list)
+    view: str = ""  # the YAML view applied (``list.views``), "" for none, "all" for every record
+    view_explicit: bool = False  # the URL named the view (else it is the entity's default)
 
     @property
     def condition(self) -> Any:
@@ -66,6 +69,8 @@ class ListState:
                 pairs.append((key, values[key]))
         for key, vals in self.filters.items():
             pairs += [(key, v) for v in vals]
+        if self.view and self.view_explicit:
+            pairs.append(("view", self.view))
         if changes.get("cursor"):
             pairs.append(("cursor", changes["cursor"]))
         return pairs
@@ -103,7 +108,50 @@ def parse_state(ctx: PageContext, entity: Entity) -> ListState:
             state.conditions.append(json.loads(state.raw_filter))
         except json.JSONDecodeError:
             raise BadRequest("filter is not valid JSON") from None
+    view, explicit = chosen_view(ctx, entity, plain=not state.active)
+    if view is not None:
+        state.view, state.view_explicit = view.name, explicit
+        if view.filter:
+            state.conditions.append(thaw(view.filter))
+        if not state.sort and view.sort:
+            state.sort = ",".join(view.sort)
+    elif explicit:
+        state.view, state.view_explicit = ALL_VIEW, True
     return state
+
+
+def chosen_view(ctx: PageContext, entity: Entity, *, plain: bool = True) -> tuple[ListView | None, bool]:
+    """The YAML list view a page shows: ``?view=<name>``, else the default one when ``plain``.
+
+    Returns ``(view, explicit)``; ``?view=all`` gives ``(None, True)`` (every record). Numeric
+    ``view`` values are saved views (their query is already in the URL) and are ignored here.
+    """
+    names = [v for v in ctx.query.getlist("view") if v and not v.isdigit()]
+    if names:
+        name = names[-1]
+        if name == ALL_VIEW and entity.list.view(name) is None:
+            return None, True
+        view = entity.list.view(name)
+        if view is None:
+            raise BadRequest(f"{entity.name} has no view {name!r}")
+        return view, True
+    return (entity.list.default_view if plain else None), False
+
+
+def builtin_views(ctx: PageContext, entity: Entity, state: ListState, base: str | None = None) -> list[dict[str, Any]]:
+    """Tabs for the YAML views (plus "All" when there is a default view), for list and board pages."""
+    if not entity.list.views:
+        return []
+    base = base or f"/admin/{entity.name}/"
+    out = [
+        {"name": v.name, "label": v.text(ctx.lang), "href": f"{base}?view={v.name}",
+         "current": state.view == v.name and not state.active}
+        for v in entity.list.views
+    ]
+    if entity.list.default_view is not None:
+        out.insert(0, {"name": ALL_VIEW, "label": ctx._("all_records"), "href": f"{base}?view={ALL_VIEW}",
+                       "current": state.view == ALL_VIEW and not state.active})
+    return out
 
 
 def _filter_condition(ctx: PageContext, entity: Entity, name: str, values: list[str]) -> Any:
@@ -213,11 +261,18 @@ def filter_widgets(ctx: PageContext, entity: Entity, state: ListState) -> list[d
 
 
 def _small_choices(ctx: PageContext, target: str, limit: int = 100) -> list[tuple[int, str]] | None:
-    try:
-        pairs = ctx.store.search_titles(target, "", actor=ctx.actor, limit=limit + 1)
-    except CRMError:
-        return []
-    return None if len(pairs) > limit else pairs
+    """Every record of ``target`` as (id, title) when there are at most ``limit``, else None.
+
+    Kept for the request: filters and bulk actions often ask for the same master data.
+    """
+    memo = ctx.request.state.__dict__.setdefault("crmkit_small_choices", {})
+    if target not in memo:
+        try:
+            memo[target] = ctx.store.search_titles(target, "", actor=ctx.actor, limit=100 + 1)
+        except CRMError:
+            memo[target] = []
+    pairs = memo[target]
+    return None if len(pairs) > limit else pairs[:limit]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +349,7 @@ def list_page(ctx: PageContext) -> Response:
         first_url=state.url(entity.name) if state.cursor else None,
         filters=filter_widgets(ctx, entity, state),
         views=saved_views(ctx, entity),
+        builtin_views=builtin_views(ctx, entity, state),
         current_query=urlencode(state.params()),
         can_create=ctx.store.can(ctx.actor, "create", entity.name),
         bulk=bulk_actions(ctx, entity),
@@ -536,48 +592,23 @@ def export_page(ctx: PageContext) -> Response:
 def csv_response(
     ctx: PageContext, entity: Entity, condition: Any, q: str | None, sort: str | None = None
 ) -> Response:
-    """A streamed UTF-8 CSV (with BOM for Excel) of the records the actor may export."""
-    access = ctx.store.field_access(ctx.actor, entity.name)
-    fields = [
-        f
-        for f in entity.fields.values()
-        if f.name != "search_text"
-        and f.type != "password"
-        and not f.is_many
-        and access.get(f.name) not in ("none", "write-only")
-    ]
-    def fetch(cursor: str | None):
-        return ctx.store.list(
-            entity.name,
-            actor=ctx.actor,
-            filter=condition,
-            q=q,
-            sort=sort,
-            cursor=cursor,
-            limit=EXPORT_PAGE,
-            with_count=False,
-            action="export",
-            columns=[f.name for f in fields],
-        )
+    """A streamed UTF-8 CSV (with BOM for Excel) of the records the actor may export.
 
+    The one export path of crmkit (:mod:`crmkit.dataio.exporter`): every field the actor may see
+    (or ``?columns=list`` / ``?columns=a,b``), labels in the UI language, defused formulas.
+    """
+    from crmkit.dataio.exporter import build_exporter
+    from crmkit.dataio.writers import csv_chunks
+
+    exporter = build_exporter(
+        ctx.crm, entity.name, ctx.actor, columns=ctx.query.get("columns") or None, filter=condition, q=q,
+        sort=sort, lang=ctx.lang, tz=ctx.tz,
+    )
     # Check permission and the query once before streaming starts (errors become proper pages).
-    first = fetch(None)
+    first = exporter.first_page()
 
-    def rows() -> Iterator[str]:
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow([f.text(ctx.lang) for f in fields])
-        yield "\ufeff" + _drain(buf)
-        page = first
-        while True:
-            display = Display(ctx, entity)
-            display.prefetch(page.items, fields)
-            for r in page.items:
-                writer.writerow([display.csv(f, r.get(f.name)) for f in fields])
-            yield _drain(buf)
-            if not page.next_cursor:
-                break
-            page = fetch(page.next_cursor)
+    def rows() -> Iterator[bytes]:
+        yield from csv_chunks(exporter.header(), exporter.rows(first))
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M")
     return StreamingResponse(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import re
 from importlib import resources
 from pathlib import Path
@@ -153,6 +154,7 @@ def format_date(value: dt.date | None, lang: str = "en") -> str:
     return value.isoformat()
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of option colours, rendered on every chip
 def normalize_color(value: str | None) -> str | None:
     """``#2563EB`` / ``2563eb`` / ``#25e`` -> ``2563eb``; None for anything that is not a colour."""
     if not value:
