@@ -6,6 +6,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# tests/test_docs.py runs or skips every code block of docs/; a signature is not an example to run.
+SIGNATURE_MARKER = ("<!-- test: skip (a signature generated from crmkit/hookspecs.py, "
+                    "checked by tests/test_hook_docs.py) -->")
+
 src = open(ROOT / 'crmkit/hookspecs.py').read()
 tree = ast.parse(src)
 out = ["# Plugin hooks", "",
@@ -14,6 +18,7 @@ out = ["# Plugin hooks", "",
 "Every hook receives `crm` and is called with keyword arguments, so an implementation may accept only the",
 "arguments it needs. Hooks return data; the core decides what to do with it.",
 "",
+"<!-- test: plugin -->",
 "```python",
 "from crmkit import hookimpl",
 "",
@@ -45,7 +50,7 @@ for node in tree.body:
         args = ast.unparse(node.args)
         ret = ast.unparse(node.returns) if node.returns else "None"
         doc = ast.get_docstring(node)
-        out += [f"### `{node.name}`", "", "```python", f"def {node.name}({args}) -> {ret}", "```", ""]
+        out += [f"### `{node.name}`", "", SIGNATURE_MARKER, "```python", f"def {node.name}({args}) -> {ret}", "```", ""]
         body = doc.replace(".. versionadded:: 0.1", "").strip()
         out += [body, "", f"*{'firstresult' if first else 'all results collected'} · added in 0.1*", ""]
 open(ROOT / 'docs/plugin_hooks.md', 'w').write("\n".join(out))

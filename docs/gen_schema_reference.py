@@ -1,0 +1,249 @@
+"""Generate docs/schema_reference.md from schemas/entity.schema.json and the built-in field types.
+
+    python docs/gen_schema_reference.py          # rewrite docs/schema_reference.md
+    python docs/gen_schema_reference.py --check  # exit 1 when the file is stale (tests/test_docs.py does this)
+
+The meta-schema is the contract; this page is only its readable form, so edit the JSON (its
+``description`` texts) and regenerate rather than editing the page.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "schemas" / "entity.schema.json"
+OUT = ROOT / "docs" / "schema_reference.md"
+
+DEF_ANCHORS = {"name": "names", "label": "labels", "paths": "field-paths", "scope": "scopes",
+               "condition": "conditions", "field": "field-options"}
+
+# The example is run through `crmkit check` by tests/test_docs.py (marker above it).
+EXAMPLE = """\
+entity: contract
+label: {en: Contract, ja: 契約}
+plural_label: {en: Contracts, ja: 契約}
+title_field: title
+audit: true
+fields:
+  title:      {type: string, max_length: 200, required: true, label: {en: Title, ja: 件名}}
+  account:    {type: reference, to: account, required: true, on_delete: restrict, inverse: contracts}
+  amount:     {type: money, min: 0, label: {en: Amount, ja: 金額}}
+  tax:        {type: money, readonly: true, compute: "amount * 0.1 if amount else 0"}
+  status:
+    type: enum
+    default: draft
+    options:
+      - {value: draft,  label: {en: Draft, ja: 下書き}, color: "#9ca3af"}
+      - {value: signed, label: {en: Signed, ja: 締結済み}, color: "#16a34a"}
+  signed_on:  {type: date, required_if: {status: signed}, visible_if: {status: signed}}
+  products:   {type: references, to: product, through: {quantity: {type: integer, min: 1}}}
+list:
+  columns: [title, account, status, amount, signed_on, owner]
+  sort: [-signed_on]
+  filters: [status, owner]
+  search: [title, account.name]
+  views:
+    - {name: open, label: {en: Open, ja: 未締結}, filter: {status: draft}, default: true}
+form:
+  sections:
+    - {label: {en: Contract, ja: 契約}, columns: 2, fields: [title, account, status, signed_on]}
+    - {label: {en: Money, ja: 金額}, fields: [amount, tax, products]}
+permissions:
+  sales_rep: {read: team, create: true, update: own, delete: none, export: none, fields: {amount: read}}
+indexes:
+  - [account, status]
+"""
+
+
+def _ref_name(ref: str) -> str:
+    return ref.rsplit("/", 1)[-1]
+
+
+def type_of(schema: dict[str, Any]) -> str:
+    """A short human description of a JSON Schema fragment's type."""
+    if "$ref" in schema:
+        name = _ref_name(schema["$ref"])
+        anchor = DEF_ANCHORS.get(name)
+        return f"[{name}](#{anchor})" if anchor else name
+    if "enum" in schema:
+        return "one of " + ", ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
+    if "oneOf" in schema:
+        return " or ".join(type_of(s) for s in schema["oneOf"])
+    t = schema.get("type")
+    if isinstance(t, list):
+        return " or ".join(t)
+    if t == "array":
+        items = schema.get("items", {})
+        return f"list of {type_of(items)}" if items else "list"
+    if t == "object" and "additionalProperties" in schema and isinstance(schema["additionalProperties"], dict):
+        return f"mapping to {type_of(schema['additionalProperties'])}"
+    bounds = []
+    if "minimum" in schema:
+        bounds.append(f"≥ {schema['minimum']}")
+    if "exclusiveMinimum" in schema:
+        bounds.append(f"> {schema['exclusiveMinimum']}")
+    if "maximum" in schema:
+        bounds.append(f"≤ {schema['maximum']}")
+    if "pattern" in schema:
+        bounds.append(f"matching `{schema['pattern']}`")
+    return (t or "any") + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(properties: dict[str, Any], required: list[str] = ()) -> list[str]:
+    out = ["| Key | Type | Description |", "| --- | --- | --- |"]
+    for key, schema in properties.items():
+        req = " (required)" if key in required else ""
+        out.append(f"| `{key}`{req} | {_cell(type_of(schema))} | {_cell(schema.get('description', ''))} |")
+    return out + [""]
+
+
+def field_types() -> list[Any]:
+    """The field types every project has (built-in plugins), in name order."""
+    from crmkit.plugins import call_each, load_plugins, make_plugin_manager
+
+    pm = make_plugin_manager()
+    load_plugins(pm, entry_points=False)
+    types = [t for _plugin, items in call_each(pm, "register_field_types", crm=None) for t in items]
+    return sorted(types, key=lambda t: t.name)
+
+
+def render() -> str:
+    """The whole page."""
+    meta = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    props, defs = meta["properties"], meta["$defs"]
+    out = [
+        "# Entity schema reference",
+        "",
+        "<!-- Generated by docs/gen_schema_reference.py from schemas/entity.schema.json and the built-in field",
+        "     types. Do not edit: change the meta-schema's descriptions and run the script. -->",
+        "",
+        meta["description"],
+        "",
+        "Entity files live in `schemas/` of a project (and of plugins, through the `schema_paths` hook).",
+        "`crmkit check` validates them against this schema and reports every problem as",
+        "`file:line: path: message`; the [tutorial](tutorial.md) shows how to read those messages.",
+        "",
+        "## A complete example",
+        "",
+        "<!-- test: schema -->",
+        "```yaml",
+        EXAMPLE.rstrip("\n"),
+        "```",
+        "",
+        "## Top-level keys",
+        "",
+        "A file has exactly one of `entity` (a new entity) and `extends` (an overlay of an entity defined",
+        "elsewhere). In an overlay, new fields are added, an existing field without `type:` gets new options,",
+        "labels, help, `required`, `default`, `visible_if`/`required_if`, `index` or `search`; `list` settings",
+        "merge key by key; `conversion` entries merge with the entity's; every other key replaces the",
+        "entity's value (so an overlay's `form:` replaces the whole form). Keys starting with `x-` are free",
+        "for plugins.",
+        "",
+        *table(props),
+    ]
+    sections = [
+        ("`list`", props["list"]["properties"], "The list page, the API list and export defaults."),
+        ("`list.views[]`", props["list"]["properties"]["views"]["items"]["properties"], None),
+        ("`form.sections[]`", props["form"]["properties"]["sections"]["items"]["properties"],
+         "Form and detail page layout. Without `form:`, one section holds every visible field."),
+        ("`permissions.<role>`", props["permissions"]["additionalProperties"]["properties"],
+         props["permissions"]["description"]),
+        ("`conversion`", props["conversion"]["properties"], props["conversion"]["description"]),
+        ("`duplicates.rules[]`", props["duplicates"]["properties"]["rules"]["items"]["properties"],
+         props["duplicates"]["description"]),
+        ("`duplicates.rules[].keys[]`",
+         props["duplicates"]["properties"]["rules"]["items"]["properties"]["keys"]["items"]["properties"], None),
+        ("`duplicates.rules[].similar`",
+         props["duplicates"]["properties"]["rules"]["items"]["properties"]["similar"]["properties"], None),
+    ]
+    for title, properties, intro in sections:
+        out += [f"## {title}", ""] + ([intro, ""] if intro else []) + table(properties)
+    out += [
+        "## Field options",
+        "",
+        defs["field"]["description"],
+        "These options apply to every field type:",
+        "",
+        *table(defs["field"]["properties"]),
+        "## Field types",
+        "",
+        "Each type adds its own options (below) to the common ones. Plugins add types through the",
+        "`register_field_types` hook; `operators` are the condition operators a filter on the field may use.",
+        "",
+    ]
+    for t in field_types():
+        out += [f"### `{t.name}`", "", t.description or "", ""]
+        if t.options:
+            out += table({k: {**v, "description": "required" if k in t.required_options else ""}
+                          for k, v in t.options.items()})
+        else:
+            out += ["No options of its own.", ""]
+        facts = [f"widget `{t.widget}`", "operators " + (", ".join(f"`{o}`" for o in t.operators) or "none")]
+        facts.append("sortable" if t.sortable else "not sortable")
+        if t.searchable:
+            facts.append("searchable (can be folded into the search text)")
+        out += ["; ".join(facts) + ".", ""]
+    out += [
+        "## Shared definitions",
+        "",
+        "### Names",
+        "",
+        f"Entity, field and role names match `{defs['name']['pattern']}`: lower case, digits and underscores,",
+        "starting with a letter, at most 63 characters (a PostgreSQL identifier). The entity name is its table",
+        "name and a field name its column name.",
+        "",
+        "### Labels",
+        "",
+        defs["label"]["description"] + " Example: `{en: Deal, ja: 商談}`; the admin shows the user's language",
+        "and falls back to English.",
+        "",
+        "### Field paths",
+        "",
+        "A field name, or a path through references: `account.industry` is the industry of the record's account.",
+        "",
+        "### Scopes",
+        "",
+        "Which records of an entity a role may act on: `all`, `team` (records owned by the user or by their",
+        "teams), `own` (records the user owns), `none`; `true` means `all` and `false` means `none`. On entities",
+        "without owners (`ownable: false`), `team` and `own` mean `all`.",
+        "",
+        "### Conditions",
+        "",
+        defs["condition"]["description"] + " The same language is used for list filters, saved views,",
+        "`visible_if`/`required_if`, permissions (`where`), campaign segments and scoring and assignment",
+        "rules. The keys of a mapping are AND-ed: `{status: new}`, `{amount: {gte: 1000000, lt: 5000000}}`,",
+        "`{status: {in: [new, working]}}`, `{email: {is_null: true}}`, `{close_date: {between: [2026-04-01,",
+        "2026-06-30]}}`, `{any: [{rating: hot}, {employees: {gt: 500}}]}`, `{not: {status: converted}}`, and",
+        "paths through references such as `{account.industry: it}`. Operators: `eq`, `ne`, `in`, `not_in`,",
+        "`gt`, `gte`, `lt`, `lte`, `between`, `contains`, `startswith`, `is_null` (each field type accepts",
+        "those listed above). Special values: `$me`, `$my_team`, `$my_teams` (with `in`/`not_in`), `$now`",
+        "and `$today`; `$$` starts a literal `$`. `crmkit check` reports a condition naming an unknown field",
+        "or an operator the field's type does not support.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if "--check" in argv:
+        current = OUT.read_text(encoding="utf-8") if OUT.exists() else ""
+        if current != text:
+            print(f"{OUT.relative_to(ROOT)} is stale: run python docs/gen_schema_reference.py", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main(sys.argv[1:]))
