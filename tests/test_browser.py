@@ -1,14 +1,15 @@
 """The admin in a real browser: Playwright for Python driving Debian's Chromium against uvicorn.
 
-One server and one browser for the module (SQLite file database); each test opens its own page
-and logs in through the form. Never ``playwright install``: the system Chromium is used.
+Every scenario runs on each backend under test: a module-scoped site per backend (a SQLite file,
+and a PostgreSQL schema when CRMKIT_TEST_DATABASE_URL is set), one browser for the module; each
+test opens its own page and logs in through the form. Never ``playwright install``: the system
+Chromium is used.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from pathlib import Path
 
 import pytest
 
@@ -17,21 +18,24 @@ from crmkit.core.actors import SYSTEM
 from crmkit.core.passwords import hash_password
 from crmkit.plugins.admin_commands import migrate
 from crmkit.web.liveserver import live_server
-from crmkit.web.screenshots import CHROMIUM_ARGS
-from tests.conftest import need
+from tests.browser_support import BACKENDS, backend_database, chromium, watch_errors
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 PASSWORD = "browser-secret"
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def site_db(request, tmp_path_factory):
+    """The site's database on each backend (the tests are parametrized by it)."""
+    yield from backend_database(request, tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(site_db, tmp_path_factory):
     """A seeded CRM served by uvicorn: yields (base_url, crm, ids)."""
-    need(CHROMIUM.exists(), "chromium not installed")
     tmp = tmp_path_factory.mktemp("browser")
-    crm = CRM(tmp, database_url=f"sqlite:///{tmp / 'crm.db'}", entry_points=False)
+    crm = CRM(tmp, database_url=site_db, entry_points=False)
     migrate(crm)
     hashed = hash_password(PASSWORD)
     ids = {}
@@ -92,20 +96,29 @@ def site(tmp_path_factory):
         )
         for i in range(55):  # enough leads that reference fields use the autocomplete widget
             tx.create("lead", {"last_name": f"Lead{i:02d}", "first_name": "", "company": f"Filler {i}"})
-        ids.update(stages=[s["id"] for s in stages], deal=deal["id"], lead=lead["id"], account=acc["id"])
+        rep = tx.create(  # the profile scenario changes this user's language and password
+            "user",
+            {
+                "username": "rep",
+                "display_name": "Rep",
+                "role": "sales_rep",
+                "password": hashed,
+                "primary_team": team["id"],
+                "locale": "en",
+            },
+        )
+        ids.update(
+            stages=[s["id"] for s in stages], deal=deal["id"], lead=lead["id"], account=acc["id"], rep=rep["id"]
+        )
     with live_server(crm.asgi()) as base:
         yield base, crm, ids
     crm.close()
 
 
 @pytest.fixture(scope="module")
-def browser(site):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+def browser():
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
@@ -115,16 +128,7 @@ def page(site, browser):
     context = browser.new_context(viewport={"width": 1440, "height": 900}, locale="en-US", base_url=base)
     page = context.new_page()
     page.set_default_timeout(8000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on(
-        "console",
-        lambda msg: (
-            errors.append(msg.text)
-            if msg.type == "error" and not msg.text.startswith("Failed to load resource")
-            else None
-        ),
-    )
+    errors = watch_errors(page)
     page.goto("/admin/")
     assert "/admin/login" in page.url
     page.get_by_label("Username").fill("admin")
@@ -279,3 +283,47 @@ def test_dashboard_today(page, site):
     assert page.get_by_role("heading", name="Today's visits").is_visible()
     assert page.get_by_role("link", name="Visit right now").is_visible()
     assert page.get_by_role("heading", name="Pipeline summary").is_visible()
+
+
+def test_a_sales_rep_edits_their_profile_and_password(site, browser):
+    base, crm, ids = site
+    from crmkit.core.passwords import verify_password
+    from crmkit.web.auth import load_user
+
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, locale="en-US", base_url=base)
+    page = context.new_page()
+    page.set_default_timeout(8000)
+    errors = watch_errors(page)
+    page.goto("/admin/login")
+    page.get_by_label("Username").fill("rep")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{base}/admin/")
+    page.get_by_role("link", name="My profile").click()
+    page.wait_for_url(f"{base}/admin/profile")
+    # a wrong current password: the message is tied to the field, nothing changes
+    page.get_by_label("Current password").fill("not it")
+    page.get_by_label("New password", exact=True).fill("a new browser secret")
+    page.get_by_label("New password again").fill("a new browser secret")
+    page.get_by_role("button", name="Change password").click()
+    current = page.get_by_label("Current password")
+    assert current.get_attribute("aria-invalid") == "true"
+    assert page.locator("#current-password-err").inner_text() == "The current password is not correct."
+    current.fill(PASSWORD)
+    page.get_by_label("New password", exact=True).fill("a new browser secret")
+    page.get_by_label("New password again").fill("a new browser secret")
+    page.get_by_role("button", name="Change password").click()
+    page.get_by_text("Your password was changed.").wait_for()
+    assert verify_password(load_user(crm, user_id=ids["rep"]).password, "a new browser secret")
+    # settings: name, language and time zone, then the page answers in Japanese
+    page.get_by_label("Display name").fill("営業 太郎")
+    page.get_by_label("Language").select_option("ja")
+    page.get_by_label("Time zone").select_option("America/New_York")
+    page.get_by_role("button", name="Save settings").click()
+    page.get_by_role("heading", name="プロフィール", level=1).wait_for()
+    assert page.locator("html").get_attribute("lang") == "ja"
+    assert page.get_by_label("タイムゾーン").input_value() == "America/New_York"
+    user = load_user(crm, user_id=ids["rep"])
+    assert (user.display_name, user.locale, user.time_zone) == ("営業 太郎", "ja", "America/New_York")
+    context.close()
+    assert not errors, errors

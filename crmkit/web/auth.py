@@ -8,17 +8,18 @@
   row and the user's team memberships (``team.members`` plus ``primary_team``).
 - Every state-changing request carries the session's CSRF token (form field ``_csrf`` or header
   ``X-CSRF-Token``); a request whose ``Origin`` is another site is refused as well.
-- Repeated failed logins lock the username (and, more loosely, the client address) for a while.
+- Repeated failed logins lock the username (and, more loosely, the client address) for a while;
+  the counters are kept in the database (:mod:`crmkit.web.throttle`), so several app processes
+  share one lock-out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ import sqlalchemy as sa
 
 from crmkit.core.actors import SYSTEM, Actor
 from crmkit.core.passwords import needs_rehash, verify_password
+from crmkit.web.throttle import DatabaseLoginThrottle, LoginThrottle, login_throttle  # noqa: F401 - old home
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -241,54 +243,8 @@ def csrf_ok(request: Request, form: Mapping[str, Any] | None = None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Throttling
+# Throttling (the counters live in crmkit.web.throttle: in the database, shared by all processes)
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class LoginThrottle:
-    """Lock a key (a username, a client address) after too many failed logins in a window.
-
-    In memory, per process: enough to stop online guessing against one server; put a proxy rate
-    limit in front of several workers. ``clock`` is injectable for tests.
-    """
-
-    max_failures: int = 5
-    window: float = 15 * 60
-    lockout: float = 15 * 60
-    clock: Callable[[], float] = time.monotonic
-    _failures: dict[str, list[float]] = field(default_factory=dict)
-    _locked_until: dict[str, float] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def retry_after(self, *keys: str) -> float:
-        """Seconds until these keys may try again (0 when not locked)."""
-        now = self.clock()
-        with self._lock:
-            waits = [self._locked_until.get(k, 0) - now for k in keys]
-        return max([0.0, *waits])
-
-    def failure(self, *keys: str, limits: Mapping[str, int] | None = None) -> None:
-        """Record a failed attempt; lock a key that reached its limit (``limits`` per key prefix)."""
-        now = self.clock()
-        with self._lock:
-            for key in keys:
-                recent = [t for t in self._failures.get(key, []) if now - t < self.window] + [now]
-                self._failures[key] = recent
-                limit = (limits or {}).get(key.split(":", 1)[0], self.max_failures)
-                if len(recent) >= limit:
-                    self._locked_until[key] = now + self.lockout
-                    self._failures[key] = []
-
-    def success(self, *keys: str) -> None:
-        """Forget failures of these keys after a good login."""
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
-                self._locked_until.pop(key, None)
-
-
-IP_LIMIT = 30  # failures from one address (many users behind one NAT) before it is locked too
-
-
 def throttle_keys(request: Request, username: str) -> tuple[str, str]:
     """The throttle keys of a login attempt: the username and the client address."""
     client = request.client.host if request.client else "unknown"
@@ -336,7 +292,7 @@ def login_page(ctx: Any) -> Any:
         )
     user = authenticate(crm, username, password)
     if user is None:
-        ctx.site.throttle.failure(*keys, limits={"ip": IP_LIMIT})
+        ctx.site.throttle.failure(*keys)
         return ctx.render(
             "login.html", status=401, next=next_url, username=username, error=ctx._("login_failed")
         )

@@ -49,7 +49,7 @@ def _sample_ids(crm: Any) -> dict[str, int]:
 
 
 def take_screenshots(out: Path, chromium: str = "/usr/bin/chromium") -> list[Path]:
-    """Write dashboard, list, detail, form and kanban screenshots (and Japanese/mobile ones) to ``out``."""
+    """Write dashboard, list, detail, form, kanban and profile screenshots (and Japanese/mobile ones) to ``out``."""
     from playwright.sync_api import sync_playwright
 
     from crmkit.plugins.admin_commands import prepare_demo
@@ -77,6 +77,7 @@ def take_screenshots(out: Path, chromium: str = "/usr/bin/chromium") -> list[Pat
             shot("detail", f"/admin/account/{ids['account']}", full=True)
             shot("form", f"/admin/deal/{ids['deal']}/edit", full=True)
             shot("kanban", "/admin/deal/kanban")
+            shot("profile", "/admin/profile")
             page.goto(base + "/admin/")
             page.get_by_role("button", name="日本語").click()
             shot("detail_ja", f"/admin/account/{ids['account']}", full=True)

@@ -49,7 +49,7 @@ class AdminSite:
     def __init__(self, crm: CRM):
         self.crm = crm
         self.env: Environment = make_environment(crm)
-        self.throttle = auth.LoginThrottle()
+        self.throttle = auth.login_throttle(crm)  # in the database when registered: shared by all processes
         self.widgets: dict[str, str] = {}
         for _plugin, widgets in call_each(crm.pm, "register_field_widgets", crm=crm):
             self.widgets.update(widgets)
