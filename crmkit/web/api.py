@@ -436,6 +436,19 @@ class API:
     async def _create(self, request: Request, actor: Actor) -> Response:
         entity = self._entity(request)
         values = await read_object(request)
+        from crmkit.core.duplicates import allowed_flag, possible_duplicates
+
+        confirmed = allowed_flag(request.query_params.get("allow_duplicates")) or allowed_flag(
+            request.headers.get("x-allow-duplicates")
+        )
+        if not confirmed:  # the duplicate_candidates hooks; the caller confirms to create anyway
+            found = await run_in_threadpool(possible_duplicates, self.crm, entity, values, actor)
+            if found:
+                raise APIError(
+                    409,
+                    f"{len(found)} possible duplicate(s) exist; repeat with ?allow_duplicates=true to create anyway",
+                    duplicates=found,
+                )
         record = await run_in_threadpool(self.store.create, entity, values, actor=actor, source="api")
         headers = {"location": f"{PREFIX}/{entity}/{record['id']}", **_etag(record)}
         return _json(record, 201, headers)

@@ -380,9 +380,19 @@ def entity_paths(crm: CRM, entity: Entity) -> dict[str, Any]:
                 "operationId": f"create_{name}",
                 "tags": tag,
                 "summary": f"Create a {name}",
+                "parameters": [{
+                    "name": "allow_duplicates", "in": "query", "required": False,
+                    "schema": {"type": "boolean"},
+                    "description": "Create even when possible duplicates exist (also: X-Allow-Duplicates: true).",
+                }],
                 "requestBody": {"required": True, "content": _json_content(_ref(f"{s}Create"))},
                 "responses": {
                     "201": {**one, "description": "Created."},
+                    "409": {
+                        "description": "Possible duplicates exist (the duplicate_candidates hooks); nothing was "
+                        "created. The body lists them under `duplicates` ({id, title, rules, score}).",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
                     **_errors("400", "401", "403", "422"),
                 },
             },

@@ -377,6 +377,12 @@ def new_page(ctx: PageContext) -> Response:
     values = {**default_values(ctx, entity), **parsed.raw}
     if parsed.errors:
         return _form(ctx, entity, values, parsed.errors, None, status=422)
+    from crmkit.core.duplicates import allowed_flag, possible_duplicates
+
+    if not allowed_flag(ctx.form.get("_allow_duplicates")):  # the duplicate_candidates hooks
+        found = possible_duplicates(ctx.crm, entity.name, parsed.values, ctx.actor)
+        if found:
+            return _form(ctx, entity, values, {}, None, status=409, duplicates=found)
     try:
         record = ctx.store.create(entity.name, parsed.values, actor=ctx.actor, source="ui")
     except ValidationError as exc:
@@ -456,6 +462,7 @@ def _form(
     status: int = 200,
     conflict: dict[str, Any] | None = None,
     version: int | None = None,
+    duplicates: list[dict[str, Any]] | None = None,
 ) -> Response:
     builder = FormBuilder(ctx, entity)
     sections = builder.sections(values, errors)
@@ -498,6 +505,7 @@ def _form(
         multipart=multipart,
         action=action,
         cancel=cancel,
+        duplicates=duplicates,
     )
 
 

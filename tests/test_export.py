@@ -1,0 +1,179 @@
+"""Export of list views to CSV and XLSX (crmkit.dataio), on SQLite and PostgreSQL.
+
+Through export_file, the admin's export.csv / export.xlsx and ``crmkit export``: filters, search,
+columns, the export permission, hidden and masked fields, streaming page by page, formula
+defusing, and a round trip back through the importer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from openpyxl import load_workbook
+
+from crmkit.core.actors import SYSTEM
+from crmkit.core.errors import BadRequest, PermissionDenied
+from crmkit.dataio import build_exporter, export_file, import_file
+from tests.support import actor_of, login, make_crm, make_org, owned
+
+MASKING = """
+extends: lead
+permissions:
+  sales_rep: {read: team, create: true, update: own, delete: none, export: team, fields: {phone: mask, email: none}}
+"""
+
+
+@pytest.fixture
+def crm(tmp_path, db_url):
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "lead_perms.yaml").write_text(MASKING, encoding="utf-8")
+    crm = make_crm(tmp_path, db_url, schema_paths=[tmp_path / "schemas"])
+    yield crm
+    crm.close()
+
+
+@pytest.fixture
+def org(crm):
+    return make_org(crm)
+
+
+def read_csv(data: bytes) -> list[list[str]]:
+    assert data.startswith(b"\xef\xbb\xbf")  # BOM: Excel opens UTF-8 Japanese correctly
+    return list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+
+
+def seed(crm, org):
+    store = crm.records
+    rows = [
+        ("山田", "株式会社テスト", "new", "yamada@example.com", "03-1234-5678", "alice"),
+        ("Smith", "ACME Inc.", "working", "smith@example.com", "03-9999-0000", "alice"),
+        ("=HYPERLINK(\"http://evil\")", "Evil KK", "new", None, None, "alice"),
+        ("Other team", "West KK", "new", "w@example.com", None, "bob"),
+    ]
+    for last, company, status, email, phone, owner in rows:
+        store.create("lead", {"last_name": last, "company": company, "status": status, "email": email,
+                              "phone": phone, **owned(org, owner)}, actor=SYSTEM)
+
+
+def test_csv_export_of_a_list_view_with_filter_search_and_columns(crm, org, tmp_path):
+    seed(crm, org)
+    out = tmp_path / "new.csv"
+    n = export_file(crm, "lead", out, actor=SYSTEM, columns="list", filter={"status": "new"}, lang="ja",
+                    sort="last_name")
+    rows = read_csv(out.read_bytes())
+    assert n == 3 and len(rows) == 4
+    assert rows[0] == ["姓", "名", "会社名", "ステータス", "リードソース", "所有者", "作成日時"]
+    assert rows[1][0] == "'=HYPERLINK(\"http://evil\")"  # a formula is defused
+    assert ["Other team", "", "West KK", "新規", "", "Bob"] == rows[2][:6]  # labels and titles, not codes
+    searched = tmp_path / "q.csv"
+    assert export_file(crm, "lead", searched, actor=SYSTEM, q="てすと", columns=["last_name", "company"]) == 1
+    assert read_csv(searched.read_bytes())[1] == ["山田", "株式会社テスト"]
+    with pytest.raises(BadRequest, match="no field 'nope'"):
+        export_file(crm, "lead", tmp_path / "x.csv", actor=SYSTEM, columns=["nope"])
+
+
+def test_export_respects_scope_hidden_and_masked_fields(crm, org, tmp_path):
+    seed(crm, org)
+    alice = actor_of(org["users"]["alice"])
+    out = tmp_path / "alice.csv"
+    n = export_file(crm, "lead", out, actor=alice, columns=None)
+    rows = read_csv(out.read_bytes())
+    header = rows[0]
+    assert n == 3  # her team only (export: team)
+    assert "Email" not in header and "Other team" not in out.read_text(encoding="utf-8-sig")
+    phone = header.index("Phone")
+    assert {r[phone] for r in rows[1:]} == {"••••5678", "••••0000", ""}
+    assert "yamada@example.com" not in out.read_text(encoding="utf-8-sig")
+    bob = actor_of(org["users"]["bob"])
+    contacts = tmp_path / "c.csv"
+    with pytest.raises(PermissionDenied):
+        export_file(crm, "contact", contacts, actor=bob)  # contact: export none for reps
+
+
+def test_xlsx_export_is_typed_and_defused(crm, org, tmp_path):
+    seed(crm, org)
+    crm.records.create("account", {"name": "株式会社エクセル", "employees": 42, "annual_revenue": "1234.5"},
+                       actor=SYSTEM)
+    out = tmp_path / "a.xlsx"
+    assert export_file(crm, "account", out, actor=SYSTEM, format="xlsx", columns=["name", "employees",
+                                                                                  "annual_revenue", "created_at"]) == 1
+    ws = load_workbook(out, read_only=False).active
+    assert [c.value for c in ws[1]] == ["Account name", "Employees", "Annual revenue", "Created"]
+    name, employees, revenue, created = (c.value for c in ws[2])
+    assert name == "株式会社エクセル" and employees == 42 and float(revenue) == 1234.5
+    assert created.year >= 2026 and created.tzinfo is None  # a real date cell, in local time
+    leads = tmp_path / "l.xlsx"
+    export_file(crm, "lead", leads, actor=SYSTEM, format="xlsx", columns=["last_name"], sort="last_name")
+    cell = load_workbook(leads).active["A2"]
+    assert cell.value.startswith("=HYPERLINK") and cell.data_type == "s"  # text, never a formula
+
+
+def test_export_streams_page_by_page(crm, org):
+    store = crm.records
+    with store.transaction(actor=SYSTEM, source="import") as tx:
+        tx.create_many("lead", [{"last_name": f"L{i:04d}"} for i in range(1234)])
+    exporter = build_exporter(crm, "lead", SYSTEM, columns=["last_name"], sort="last_name")
+    exporter.page_size = 100
+    pages = []
+    original = exporter._page
+
+    def counting(cursor):
+        page = original(cursor)
+        pages.append(len(page.items))
+        return page
+
+    exporter._page = counting
+    rows = list(exporter.rows())
+    assert len(rows) == 1234 and rows[0] == ["L0000"] and rows[-1] == ["L1233"]
+    assert max(pages) == 100 and len(pages) == 13  # never more than one page in memory
+
+
+def test_export_then_import_round_trip(crm, org, tmp_path):
+    seed(crm, org)
+    out = tmp_path / "all.csv"
+    export_file(crm, "lead", out, actor=SYSTEM, lang="ja")
+    again = import_file(crm, "lead", out, actor=SYSTEM, dry_run=True)
+    assert (again.failed, again.unchanged, again.created) == (0, 4, 0), [e.message for e in again.errors]
+    xlsx = tmp_path / "all.xlsx"
+    export_file(crm, "lead", xlsx, actor=SYSTEM, format="xlsx")
+    assert import_file(crm, "lead", xlsx, actor=SYSTEM, dry_run=True).unchanged == 4
+
+
+def test_admin_export_csv_and_xlsx(crm, org):
+    seed(crm, org)
+    client = login(crm, "alice")
+    response = client.get("/admin/lead/export.csv", params={"f.status": "new"})
+    assert response.status_code == 200 and response.headers["content-disposition"].startswith("attachment")
+    rows = read_csv(response.content)
+    assert len(rows) == 3 and "Email" not in rows[0]
+    xlsx = client.get("/admin/lead/export.xlsx", params={"q": "Smith", "columns": "last_name,company"})
+    assert xlsx.status_code == 200 and xlsx.headers["content-type"].startswith("application/vnd.openxmlformats")
+    ws = load_workbook(io.BytesIO(xlsx.content)).active
+    assert [[c.value for c in row] for row in ws.iter_rows()] == [["Last name", "Company"], ["Smith", "ACME Inc."]]
+    assert client.get("/admin/contact/export.xlsx").status_code == 403
+    assert "export.xlsx" in client.get("/admin/lead/").text
+
+
+def test_cli_export(cli, db_url, project, tmp_path):
+    assert cli("migrate").returncode == 0
+    source = "last_name,company,status\n山田,テスト,new\nSmith,ACME,working\n"
+    (tmp_path / "in.csv").write_text(source, encoding="utf-8")
+    assert cli("import", "lead", str(tmp_path / "in.csv")).returncode == 0
+    out = tmp_path / "out.csv"
+    done = cli("export", "lead", "--columns", "last_name,status", "--filter", '{"status": "new"}', "--lang", "ja",
+               "-o", str(out))
+    assert done.returncode == 0 and "Exported 1 rows" in done.stderr
+    assert read_csv(out.read_bytes()) == [["姓", "ステータス"], ["山田", "新規"]]
+    sjis = tmp_path / "sjis.csv"
+    assert cli("export", "lead", "--columns", "last_name", "--encoding", "cp932", "-o", str(sjis),
+               "--sort", "last_name").returncode == 0
+    assert sjis.read_bytes().decode("cp932").splitlines() == ["Last name", "Smith", "山田"]
+    xlsx = tmp_path / "o.xlsx"
+    assert cli("export", "lead", "--format", "xlsx", "-o", str(xlsx)).returncode == 0
+    assert load_workbook(xlsx).active.max_row == 3
+    bad = cli("export", "lead", "--filter", "{nope")
+    assert bad.returncode != 0 and "not JSON" in bad.stderr
+    assert Path(out).exists()
