@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from crmkit.core.loader import SchemaError
+from crmkit.core.loader import SchemaError, SchemaProblem
 
 project_option = click.option(
     "--project",
@@ -52,7 +52,7 @@ class _Cli(click.Group):
             from crmkit.config import load_config
 
             cfg = load_config(os.environ.get("CRMKIT_PROJECT", "."))
-            load_plugins(pm, config_plugins=cfg.plugins, disabled=cfg.disable_plugins)
+            load_plugins(pm, config_plugins=cfg.plugins, disabled=cfg.disable_plugins, project_dir=cfg.project_dir)
         except Exception:  # a broken project must not break `crmkit --help`; `check` reports it
             load_plugins(pm)
         pm.hook.register_commands(cli=self)
@@ -79,7 +79,22 @@ def cli() -> None:
 @project_option
 def check(project: Path) -> None:
     """Validate every schema file and plugin; print all problems as file:line: path: message."""
+    from crmkit.plugins import PluginError, call_each
+
     crm = open_crm(project)
+    problems: list[str] = []
+    try:  # the project's other files (rule files ...) that plugins check through `check_project`
+        for plugin, found in call_each(crm.pm, "check_project", crm=crm):
+            problems += [str(p) if isinstance(p, SchemaProblem) else f"plugin {plugin}: {p}" for p in found]
+    except PluginError as exc:
+        problems.append(str(exc))
+    finally:
+        crm.close()
+    if problems:
+        for problem in problems:
+            click.echo(problem, err=True)
+        click.echo(f"{len(problems)} problem(s) found.", err=True)
+        sys.exit(1)
     n_fields = sum(len(e.user_fields) for e in crm.catalog)
     click.echo(
         f"OK: {len(crm.catalog.entities)} entities, {n_fields} fields, "

@@ -157,8 +157,60 @@ def fill_demo(crm: CRM, *, password: str, seed: int = 2026, scale: int = 1) -> D
         b.customers(scale)
         b.leads(30 * scale)
         b.deals(45 * scale)
+        b.won_history(30 * scale)
         b.activities()
+    _convert_some_leads(crm, b.lead_list, summary)
+    _workflow_samples(crm, b, summary)
     return summary
+
+
+def _workflow_samples(crm: CRM, b: _Builder, summary: DemoSummary) -> None:
+    """Reviewers on today's visits, a weekly recurring report task, business cards awaiting data entry."""
+    from crmkit.plugins.business_cards import add_cards, demo_card
+    from crmkit.web.auth import actor_for, load_user
+
+    if crm.pm.get_plugin("crmkit.plugins.activities") is None:
+        return
+    managers = {u["primary_team"]: u["id"] for u in b.users.values() if u["role"] == "manager"}
+    today = crm.records.list("activity", actor=SYSTEM, filter={"type": "visit", "status": "planned"},
+                             sort="due_at", limit=200, columns=["owner", "team"], with_count=False).items
+    with crm.records.transaction(actor=SYSTEM, source="demo") as tx:
+        for visit in today[::2]:  # every other planned visit is confirmed by the team's manager
+            reviewer = managers.get(visit.get("team"))
+            if reviewer and reviewer != visit.get("owner"):
+                tx.update("activity", visit["id"], {"reviewer": reviewer})
+        friday = b.today + dt.timedelta(days=(4 - b.today.weekday()) % 7)
+        for user in b.reps:
+            due = dt.datetime(friday.year, friday.month, friday.day, 17, tzinfo=JST)
+            tx.create("activity", {"subject": "週次営業報告の提出" if user["locale"] == "ja" else "Weekly sales report",
+                                   "type": "task", "assignee": user["id"], "due_at": due,
+                                   "reminder_at": due - dt.timedelta(hours=2), "recurrence": "FREQ=WEEKLY;BYDAY=FR"})
+    if crm.pm.get_plugin("crmkit.plugins.business_cards") is None:
+        return
+    for lead in [x for x in b.lead_list if x.get("source") == "business_card" and x.get("status") == "new"][:3]:
+        owner = load_user(crm, user_id=lead["owner"])
+        if owner is None:
+            continue
+        manager = managers.get(lead.get("team"))
+        add_cards(crm, "lead", lead["id"], [("card.png", demo_card(lead))], actor_for(crm, owner), manager)
+        summary.counts["business cards"] = summary.counts.get("business cards", 0) + 1
+
+
+def _convert_some_leads(crm: CRM, leads: list[dict[str, Any]], summary: DemoSummary) -> None:
+    """Convert the qualified leads (each its own transaction) so conversion rates have something to show."""
+    if crm.pm.get_plugin("crmkit.plugins.lead_conversion") is None:
+        return
+    from crmkit.core.errors import CRMError
+    from crmkit.plugins.lead_conversion import convert_lead
+
+    for lead in leads:
+        if lead.get("status") != "qualified":
+            continue
+        try:
+            convert_lead(crm, lead["id"], SYSTEM, account="auto", source="demo")
+        except CRMError:  # e.g. several equally good account matches: a person would choose
+            continue
+        summary.counts["converted leads"] = summary.counts.get("converted leads", 0) + 1
 
 
 class _Builder:
@@ -454,17 +506,11 @@ class _Builder:
     def deals(self, n: int) -> None:
         rnd = self.rnd
         weights = [8, 8, 9, 7, 5, 6, 4]
+        open_stages = [st for st, spec in zip(self.stages, STAGES, strict=True) if not spec[2]]
         for i in range(n):
             account = self.accounts[i % len(self.accounts)]
             stage_i = rnd.choices(range(len(self.stages)), weights)[0]
-            stage = self.stages[stage_i]
-            name, p, closed, won, _c = STAGES[stage_i]
-            lines = rnd.sample(self.products, rnd.randint(1, 3))
-            items = [
-                {"id": prod["id"], "quantity": rnd.choice([1, 1, 2, 5, 10]), "unit_price": prod["unit_price"]}
-                for prod in lines
-            ]
-            amount = sum(it["quantity"] * it["unit_price"] for it in items)
+            _name, _p, closed, won, _c = STAGES[stage_i]
             close = self.today + dt.timedelta(days=rnd.randint(-60, -1) if closed else rnd.randint(3, 120))
             owner = next(
                 (u for u in self.reps + [self.users["tanaka"]] if u["id"] == account["owner"]),
@@ -472,29 +518,69 @@ class _Builder:
             )
             if i % 9 == 0:
                 owner = self.users["admin"]
-            contact = rnd.choice(self.contacts.get(account["id"]) or [None])
-            product_name = lines[0]["name"].split("（")[0]
-            values = {
+            self.deal_list.append(
+                self._deal(account, owner, self.stages[stage_i] if not closed else rnd.choice(open_stages), close,
+                           closing=(self.stages[stage_i], won) if closed else None)
+            )
+
+    def won_history(self, n: int) -> None:
+        """Deals won over the last two years, repeat customers first, so RFM ranking and ROI mean something."""
+        rnd = self.rnd
+        open_stages = [st for st, spec in zip(self.stages, STAGES, strict=True) if not spec[2]]
+        won_stage = next(st for st, spec in zip(self.stages, STAGES, strict=True) if spec[3])
+        regulars = self.accounts[: max(6, len(self.accounts) // 3)]
+        for i in range(n):
+            account = rnd.choice(regulars) if i % 3 else rnd.choice(self.accounts)
+            owner = next((u for u in self.users.values() if u["id"] == account["owner"]), rnd.choice(self.reps))
+            close = self.today - dt.timedelta(days=rnd.randint(30, 720))
+            self._deal(account, owner, rnd.choice(open_stages), close, closing=(won_stage, True))
+
+    def _deal(self, account: dict[str, Any], owner: dict[str, Any], stage: dict[str, Any], close: dt.date,
+              closing: tuple[dict[str, Any], bool] | None) -> dict[str, Any]:
+        """A deal with 1-3 line items (its amount is their total), then closed won/lost if asked."""
+        rnd = self.rnd
+        lines = rnd.sample(self.products, rnd.randint(1, 3))
+        contact = rnd.choice(self.contacts.get(account["id"]) or [None])
+        product_name = lines[0]["name"].split("（")[0]
+        deal = self.add(
+            "deal",
+            {
                 "name": f"{account['name'].replace('株式会社', '').strip()} {product_name}",
                 "account": account["id"],
                 "contact": contact["id"] if contact else None,
                 "stage": stage["id"],
-                "amount": amount,
-                "probability": p,
                 "close_date": close,
-                "status": "won" if won else ("lost" if closed else "open"),
                 "type": rnd.choice(["new_business", "existing_business", "upsell", "renewal"]),
                 "source": rnd.choice(["web", "referral", "event", "business_card"]),
                 "marketing_activity": rnd.choice(self.campaigns)["id"] if rnd.random() < 0.4 else None,
-                "products": items,
                 "next_step": None
-                if closed
+                if closing
                 else rnd.choice(["見積書の提出", "決裁者との面談設定", "デモ環境の準備", "契約書レビュー"]),
                 **self.owned(owner),
-            }
-            if closed and not won:
+            },
+        )
+        for j, prod in enumerate(lines):
+            self.add(
+                "deal_line_item",
+                {
+                    "deal": deal["id"],
+                    "product": prod["id"],
+                    "quantity": rnd.choice([1, 1, 2, 5, 10]),
+                    "discount": rnd.choice([0, 0, 0, 5, 10]),
+                    "sort_order": j,
+                },
+            )
+        if closing is not None:
+            stage, won = closing
+            values: dict[str, Any] = {"stage": stage["id"], "close_date": close}
+            if won:
+                values["won_reason"] = rnd.choice(
+                    ["導入支援の手厚さが評価された。", "既存システムとの連携実績が決め手。"]
+                )
+            else:
                 values["lost_reason"] = rnd.choice(["価格で競合に敗れた。", "プロジェクトが凍結された。"])
-            self.deal_list.append(self.add("deal", values))
+            self.tx.update("deal", deal["id"], values)
+        return self.tx.get("deal", deal["id"])
 
     # -- activities ---------------------------------------------------------------------------------
     def activities(self) -> None:

@@ -120,6 +120,19 @@ def schema_loaded(crm: Any, catalog: Any) -> list[str] | None:
     """
 
 
+@hookspec
+def check_project(crm: Any) -> list[Any] | None:
+    """Check the project's other files a plugin reads (rule files, templates); return problems.
+
+    Called by ``crmkit check`` after the CRM was built (so ``crm.catalog`` is complete). Each
+    item is a message (``str``) or a :class:`crmkit.SchemaProblem` naming the file and line.
+    Unlike ``schema_loaded`` problems these do not refuse the catalog: the CRM still starts, and
+    the plugin decides what a bad file means at run time (e.g. keep the previous rules active).
+
+    .. versionadded:: 0.1
+    """
+
+
 # -------------------------------------------------------------------------------------------------
 # Records (called inside the write transaction, with ``conn`` and ``actor``)
 # -------------------------------------------------------------------------------------------------
@@ -154,6 +167,8 @@ def after_save(
 ) -> None:
     """Called after the row is written, inside the same transaction (write related rows here).
 
+    ``crm.records.tx_for(conn)`` is that transaction: create or update related records through
+    it so they are validated, audited and committed (or rolled back) together with this write.
     Raising rolls the whole write back, and the error names the plugin.
 
     .. versionadded:: 0.1
@@ -171,6 +186,61 @@ def before_delete(crm: Any, entity: Any, record: dict[str, Any], conn: Any, acto
 @hookspec
 def after_delete(crm: Any, entity: Any, record: dict[str, Any], conn: Any, actor: Any) -> None:
     """Called after a record is deleted, inside the same transaction.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lead_converted(
+    crm: Any,
+    lead: dict[str, Any],
+    account: dict[str, Any],
+    contact: dict[str, Any],
+    deal: dict[str, Any] | None,
+    tx: Any,
+    actor: Any,
+) -> None:
+    """Called at the end of a lead conversion, inside its transaction, to carry a plugin's data over.
+
+    ``lead`` is the lead as it was before conversion; ``account`` (created or matched),
+    ``contact`` (created) and ``deal`` (None when none was created) are the records it became.
+    ``tx`` is the conversion's :class:`crmkit.core.records.Tx`: write through it (``tx.create``,
+    ``tx.update``; ``tx.conn`` for a plugin's own tables) so the plugin's rows move with the
+    conversion — campaign history, business-card images, scores. Raising rolls the whole
+    conversion back (nothing of it remains) and the error names the plugin.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def duplicate_candidates(crm: Any, entity: Any, record: dict[str, Any], actor: Any) -> list[dict[str, Any]] | None:
+    """Return records that may be duplicates of ``record``, which is about to be created.
+
+    Called by the admin's create form and by ``POST /api/v1/{entity}`` before the record is
+    created; ``record`` holds the values as submitted (not yet coerced). Return
+    ``[{"id", "title", "rules": [rule names], "score": 0-100}]`` with only records ``actor`` may
+    read; the answers of all implementations are combined. When there are any, the form shows
+    them with a "create anyway" box and the API answers 409 with ``"duplicates"``, unless the
+    caller confirmed (``?allow_duplicates=true`` or ``X-Allow-Duplicates: true``). The built-in
+    :mod:`crmkit.plugins.duplicates` answers from the YAML ``duplicates:`` rules.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def records_merged(
+    crm: Any, entity: Any, winner: dict[str, Any], losers: list[int], tx: Any, actor: Any
+) -> None:
+    """Called while records are merged, inside the merge's transaction, to move a plugin's own rows.
+
+    ``winner`` is the record that stays (as it was before the merge), ``losers`` the ids of the
+    records merged into it; references in entity fields and link tables have already been moved
+    to the winner, and the losers are deleted right after this hook. Move rows of the plugin's
+    own tables (``tx.conn``) or records (``tx.update``) from the losers to the winner here.
+    Raising rolls the whole merge back and the error names the plugin.
 
     .. versionadded:: 0.1
     """
@@ -243,7 +313,30 @@ def register_tables(crm: Any, metadata: Any) -> list[Any] | None:
 
 @hookspec
 def register_job_handlers(crm: Any) -> dict[str, Any] | None:
-    """Return ``{job_name: callable(crm, payload, conn)}`` for background jobs.
+    """Return ``{job_name: handler}``; ``handler(crm, payload, conn)`` runs a background job.
+
+    Jobs are enqueued with :func:`crmkit.core.jobs.enqueue` (``name``, JSON ``payload``, optional
+    ``run_at``, idempotency ``key``, ``max_attempts``) and run by ``crmkit worker``. Name jobs
+    ``plugin.action`` (``reminders.send``); a name registered twice is an error.
+
+    ``conn`` is a SQLAlchemy connection inside a write transaction opened for this job. The
+    worker marks the job done in that same transaction and commits it when the handler returns,
+    so the handler's writes through ``conn`` (its own tables, :func:`crmkit.core.mail.queue_mail`
+    and :func:`crmkit.core.notifications.notify` with ``conn=conn``) happen exactly once, together
+    with the job's completion. Record writes go through ``crm.records.tx_for(conn)`` (a
+    :class:`crmkit.core.records.Tx` acting as the system; their events fire after the commit).
+    If the handler raises, they are rolled back and the job is retried
+    with exponential backoff and jitter until ``max_attempts``, then marked failed (shown with its
+    traceback on the admin's failed-jobs page, which can retry it). Raise
+    :class:`crmkit.core.jobs.Retry` to run again later without using an attempt, or
+    :class:`crmkit.core.jobs.Fail` to fail at once. :func:`crmkit.core.jobs.current_job` gives the
+    attempt number and the worker's ``now``.
+
+    Never perform an external effect (SMTP, HTTP) inside ``conn``'s transaction: record it instead
+    (``queue_mail(..., conn=conn, key=...)``) and let its own job perform it once. A handler
+    decorated with :func:`crmkit.core.jobs.own_transactions` gets ``conn=None`` and commits its own
+    work (``crm.records.create(...)`` works there); it must then be idempotent, because a worker
+    that dies mid-run leaves the job to be run again after its lease.
 
     .. versionadded:: 0.1
     """
@@ -251,7 +344,12 @@ def register_job_handlers(crm: Any) -> dict[str, Any] | None:
 
 @hookspec
 def register_periodic_jobs(crm: Any) -> list[dict[str, Any]] | None:
-    """Return ``[{"name": job_name, "every": seconds, "payload": {...}}]`` run by the worker.
+    """Return ``[{"name": job_name, "every": seconds, "payload": {...}}]`` to run jobs periodically.
+
+    Each worker pass enqueues the job for the current period (periods are aligned to the Unix
+    epoch) with the idempotency key ``periodic:<name>:<period start>``, so the job runs once per
+    period however many workers there are; a period in which no worker ran is skipped, not made
+    up. Optional ``max_attempts`` (default 3). The handler comes from ``register_job_handlers``.
 
     .. versionadded:: 0.1
     """
@@ -259,7 +357,16 @@ def register_periodic_jobs(crm: Any) -> list[dict[str, Any]] | None:
 
 @hookspec(firstresult=True)
 def mail_transport(crm: Any) -> Any:
-    """Return the object that sends mail (``send(message)``); SMTP is the trylast default.
+    """Return the object that delivers outgoing mail; SMTP is the built-in ``trylast`` default.
+
+    firstresult: the first non-None answer is used (and cached for the CRM's life). The object
+    has ``send(message, *, confirm)``: ``message`` is an :class:`email.message.EmailMessage` whose
+    To/Cc/Bcc are the recipients; the transport must call ``confirm()`` right before the step that
+    makes delivery irreversible (it commits "sent" in the outbox) and abandon the message if
+    ``confirm()`` raises. It raises :class:`crmkit.core.mail.MailError` (``permanent=True`` for a
+    refusal retrying cannot fix) or ``OSError``; transient failures are retried. An optional
+    ``close()`` is called at shutdown. A ``send(message)`` without ``confirm`` also works: the
+    outbox then records "sent" just before calling it.
 
     .. versionadded:: 0.1
     """
@@ -267,7 +374,14 @@ def mail_transport(crm: Any) -> Any:
 
 @hookspec
 def register_notification_channels(crm: Any) -> dict[str, Any] | None:
-    """Return ``{channel_name: callable(crm, user, notification)}`` (in-app and email are built in).
+    """Return ``{channel_name: callable(crm, user, notification, conn)}`` for more ways to notify.
+
+    :func:`crmkit.core.notifications.notify` calls the channels named in its ``channels``
+    argument (``in_app`` and ``email`` are built in) inside its transaction: ``user`` is the user
+    row (dict), ``notification`` the stored notification (dict with ``id``, ``subject``, ``body``,
+    ``link``, ``kind``, ``data``), ``conn`` the transaction's connection (``conn`` may be left out
+    of the signature). Queue external effects through ``conn`` (for example with
+    :func:`crmkit.core.jobs.enqueue` and a key naming the notification) rather than calling out.
 
     .. versionadded:: 0.1
     """

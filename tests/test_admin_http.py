@@ -465,35 +465,27 @@ def test_visible_if_and_required_if_on_the_server(crm, org):
 
 def test_references_and_many_to_many_rows(crm, org):
     store = crm.records
-    acc = store.create("account", {"name": "A"}, actor=SYSTEM)
-    products = [store.create("product", {"name": f"P{i}", "unit_price": 100}, actor=SYSTEM) for i in range(2)]
+    alice, bob = org["users"]["alice"], org["users"]["bob"]
     client = login(crm)
     response = client.post(
-        "/admin/deal/new",
+        "/admin/team/new",
         data={
-            "name": "With products",
-            "account": str(acc["id"]),
-            "stage": str(org["stages"][1]["id"]),
-            "amount": "200",
-            "probability": "40",
-            "products.0.id": str(products[0]["id"]),
-            "products.0.quantity": "2",
-            "products.0.unit_price": "100",
-            "products.1.id": "",
-            "products.3.id": str(products[1]["id"]),
-            "products.3.quantity": "1",
-            "products.3.unit_price": "",
+            "name": "With members",
+            "manager": str(alice["id"]),
+            "members.0.id": str(alice["id"]),
+            "members.0.role": "manager",
+            "members.1.id": "",
+            "members.3.id": str(bob["id"]),
+            "members.3.role": "member",
             "_csrf": token(client),
         },
     )
     assert response.status_code == 303, response.text[:2000]
-    deal = store.get("deal", store.list("deal", actor=SYSTEM, columns=["name"]).items[0]["id"], actor=SYSTEM)
-    assert [(p["id"], p["quantity"]) for p in deal["products"]] == [
-        (products[0]["id"], 2),
-        (products[1]["id"], 1),
-    ]
-    detail = client.get(f"/admin/deal/{deal['id']}").text
-    assert "P0" in detail and "P1" in detail
+    team = store.get("team", store.list("team", actor=SYSTEM, filter={"name": "With members"}).items[0]["id"],
+                     actor=SYSTEM)
+    assert [(m["id"], m["role"]) for m in team["members"]] == [(alice["id"], "manager"), (bob["id"], "member")]
+    detail = client.get(f"/admin/team/{team['id']}").text
+    assert "Alice" in detail and "Bob" in detail
 
 
 def test_new_form_prefills_from_query_and_related_lists_link_to_it(crm, org):

@@ -33,6 +33,11 @@ fields:
   source:
     options:
       - {value: partner_portal, label: {en: Partner portal, ja: パートナーポータル}}
+# Where these fields go when a lead is converted; `crmkit check` refuses a lead field in neither list.
+conversion:
+  map:
+    budget: deal.amount
+  ignore: [decision_maker, trade_show]
 """
 
 CONTRACT_ENTITY = """\

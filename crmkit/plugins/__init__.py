@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -24,15 +26,38 @@ ENTRY_POINT_GROUP = "crmkit"
 # Core features are plugins too; each module implements one family of hooks.
 BUILTIN_PLUGINS = (
     "crmkit.plugins.field_types",
+    "crmkit.plugins.import_export",
+    "crmkit.plugins.duplicates",
     "crmkit.plugins.role_permissions",
     "crmkit.plugins.api_tokens",
     "crmkit.plugins.session_auth",
+    "crmkit.plugins.user_profile",
     "crmkit.plugins.admin_dashboard",
     "crmkit.plugins.admin_commands",
+    "crmkit.plugins.deals",
+    "crmkit.plugins.forecast",
+    "crmkit.plugins.reports",
+    "crmkit.plugins.teams",
+    "crmkit.plugins.mail_delivery",
+    "crmkit.plugins.worker_commands",
+    "crmkit.plugins.admin_jobs",
+    "crmkit.plugins.notifications_ui",
+    "crmkit.plugins.lead_conversion",
+    "crmkit.plugins.activities",
+    "crmkit.plugins.tasks",
+    "crmkit.plugins.agenda",
+    "crmkit.plugins.business_cards",
+    "crmkit.plugins.health",
 )
 
 # Optional plugins shipped with crmkit; a project turns them on in crmkit.yaml (`plugins:`).
-CONTRIB_PLUGINS = {}
+CONTRIB_PLUGINS = {
+    "email_campaigns": "plugins_contrib.email_campaigns",
+    "web_forms": "plugins_contrib.web_forms",
+    "lead_scoring": "plugins_contrib.lead_scoring",
+    "assignment_rules": "plugins_contrib.assignment_rules",
+    "reminders": "plugins_contrib.reminders",
+}
 
 
 class PluginError(Exception):
@@ -67,11 +92,14 @@ def load_plugins(
     config_plugins: list[str] = (),
     disabled: list[str] = (),
     entry_points: bool = True,
+    project_dir: Path | None = None,
 ) -> dict[str, str]:
     """Register built-ins, entry-point plugins, config plugins and objects in ``extra``.
 
     Returns ``{plugin_name: source}``. ``disabled`` names plugins to leave out (built-ins too,
-    so a project can replace e.g. the SMTP transport).
+    so a project can replace e.g. the SMTP transport). A ``config_plugins`` name that is a module
+    or package in ``project_dir`` (``acme_rules.py`` or ``acme_rules/`` next to crmkit.yaml) is
+    imported from there, so a project's own plugin needs no PYTHONPATH and no packaging.
     """
     sources: dict[str, str] = {}
 
@@ -91,6 +119,8 @@ def load_plugins(
                 log.error("could not load plugin %s: %s", ep.name, exc)
     for modname in config_plugins:
         target = CONTRIB_PLUGINS.get(modname, modname)
+        if target == modname and project_dir is not None:
+            _add_project_to_path(Path(project_dir), modname)
         register(importlib.import_module(target), modname, "crmkit.yaml")
     for i, obj in enumerate(extra):
         name = getattr(obj, "__name__", None) or f"{type(obj).__name__}-{i}"
@@ -98,6 +128,21 @@ def load_plugins(
     pm.hook.register_hookspecs(pm=pm)
     pm.check_pending()
     return sources
+
+
+def _add_project_to_path(project_dir: Path, modname: str) -> None:
+    """Put the project directory on ``sys.path`` when it holds the module ``modname``.
+
+    Kept there (like the script directory of ``python script.py``) so the plugin's own later
+    imports of sibling modules keep working.
+    """
+    top = modname.split(".", 1)[0]
+    if not ((project_dir / f"{top}.py").is_file() or (project_dir / top / "__init__.py").is_file()):
+        return
+    path = str(project_dir.resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+        importlib.invalidate_caches()
 
 
 def plugin_name(pm: pluggy.PluginManager, plugin: Any) -> str:

@@ -338,13 +338,20 @@ def kanban_page(ctx: PageContext) -> Response:
     display = Display(ctx, entity)
     can_update = ctx.store.can(ctx.actor, "update", entity.name)
     sums = ["amount"] if "amount" in entity.fields else []
-    totals = group_totals(ctx, entity, field, sums, None)
+    # The board shows the list view in force (``?view=``, else the YAML default, e.g. open deals).
+    from crmkit.core.catalog import thaw
+    from crmkit.web.listing import ListState, builtin_views, chosen_view
+
+    view, explicit = chosen_view(ctx, entity)
+    view_cond = thaw(view.filter) if view is not None and view.filter else None
+    state = ListState(view=view.name if view else ("all" if explicit else ""), view_explicit=explicit)
+    totals = group_totals(ctx, entity, field, sums, view_cond)
     all_items = []
     for stage in _stages(ctx, entity, field):
         page = ctx.store.list(
             entity.name,
             actor=ctx.actor,
-            filter={field: stage["value"]},
+            filter={"all": [{field: stage["value"]}, view_cond]} if view_cond else {field: stage["value"]},
             limit=CARDS_PER_COLUMN,
             columns=[entity.title_field, *card_fields],
             with_count=False,
@@ -378,6 +385,8 @@ def kanban_page(ctx: PageContext) -> Response:
         columns=columns,
         field=group,
         can_update=can_update,
+        builtin_views=builtin_views(ctx, entity, state, base=f"/admin/{entity.name}/kanban"),
+        view_query=f"&view={state.view}" if state.view else "",
     )
 
 
