@@ -116,3 +116,21 @@ def cli(db_url, project):
         return run_cli(*args, cwd=cwd or project, env={"CRMKIT_DATABASE_URL": db_url}, input=input)
 
     return run
+
+
+@pytest.fixture
+def crm(db_url, tmp_path):
+    """A migrated CRM (built-in plugins only) on each backend; closed afterwards."""
+    from tests.support import make_crm
+
+    crm = make_crm(tmp_path, db_url)
+    yield crm
+    crm.close()
+
+
+@pytest.fixture
+def org(crm):
+    """Teams East and West with admin, alice, bob and mia (see tests.support.make_org)."""
+    from tests.support import make_org
+
+    return make_org(crm)

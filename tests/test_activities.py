@@ -19,18 +19,6 @@ from tests.conftest import need
 from tests.support import XSS, actor_of, csrf_of, login, make_crm, make_org, owned
 
 
-@pytest.fixture
-def crm(tmp_path, db_url):
-    crm = make_crm(tmp_path, db_url)
-    yield crm
-    crm.close()
-
-
-@pytest.fixture
-def org(crm):
-    return make_org(crm)
-
-
 def api(crm, username):
     from starlette.testclient import TestClient
 

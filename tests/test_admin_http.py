@@ -26,19 +26,6 @@ with warnings.catch_warnings():
 
 from tests.support import PASSWORD, PASSWORD_HASH, XSS, csrf_of, login, make_crm, make_org, owned, token  # noqa: E402,F401
 
-
-@pytest.fixture
-def crm(tmp_path, db_url):
-    crm = make_crm(tmp_path, db_url)
-    yield crm
-    crm.close()
-
-
-@pytest.fixture
-def org(crm):
-    return make_org(crm)
-
-
 # ---------------------------------------------------------------------------------------------
 # Login, sessions, headers
 # ---------------------------------------------------------------------------------------------

@@ -28,11 +28,6 @@ def crm(tmp_path, db_url):
     crm.close()
 
 
-@pytest.fixture
-def org(crm):
-    return make_org(crm)
-
-
 def jpeg(width=600, height=350, color=(200, 220, 240), exif_orientation=None) -> bytes:
     img = Image.new("RGB", (width, height), color)
     out = io.BytesIO()

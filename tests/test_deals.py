@@ -25,13 +25,6 @@ with warnings.catch_warnings():
 
 
 @pytest.fixture
-def crm(tmp_path, db_url):
-    crm = make_crm(tmp_path, db_url)
-    yield crm
-    crm.close()
-
-
-@pytest.fixture
 def org(crm):
     org = make_org(crm)
     store = crm.records

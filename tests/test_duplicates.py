@@ -15,18 +15,6 @@ from crmkit.plugins import PluginError
 from tests.support import actor_of, login, make_crm, make_org, owned, token
 
 
-@pytest.fixture
-def crm(tmp_path, db_url):
-    crm = make_crm(tmp_path, db_url)
-    yield crm
-    crm.close()
-
-
-@pytest.fixture
-def org(crm):
-    return make_org(crm)
-
-
 # ---------------------------------------------------------------------------------------------
 # Normalised keys
 # ---------------------------------------------------------------------------------------------

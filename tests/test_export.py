@@ -17,7 +17,7 @@ from openpyxl import load_workbook
 from crmkit.core.actors import SYSTEM
 from crmkit.core.errors import BadRequest, PermissionDenied
 from crmkit.dataio import build_exporter, export_file, import_file
-from tests.support import actor_of, login, make_crm, make_org, owned
+from tests.support import actor_of, login, make_crm, owned
 
 MASKING = """
 extends: lead
@@ -33,11 +33,6 @@ def crm(tmp_path, db_url):
     crm = make_crm(tmp_path, db_url, schema_paths=[tmp_path / "schemas"])
     yield crm
     crm.close()
-
-
-@pytest.fixture
-def org(crm):
-    return make_org(crm)
 
 
 def read_csv(data: bytes) -> list[list[str]]:

@@ -29,16 +29,9 @@ from crmkit.core.actors import SYSTEM
 from crmkit.core.errors import BadRequest
 from crmkit.plugins.deals import close_deal
 from crmkit.plugins.forecast import ForecastQuery, forecast
-from tests.support import XSS, actor_of, login, make_crm, make_org, owned
+from tests.support import XSS, actor_of, login, make_org, owned
 
 JAN1, JUN30 = dt.date(2026, 1, 1), dt.date(2026, 6, 30)
-
-
-@pytest.fixture
-def crm(tmp_path, db_url):
-    crm = make_crm(tmp_path, db_url)
-    yield crm
-    crm.close()
 
 
 @pytest.fixture

@@ -20,16 +20,9 @@ from crmkit import hookimpl
 from crmkit.core.actors import SYSTEM
 from crmkit.core.errors import PermissionDenied, ValidationError
 from crmkit.dataio import ImportRefused, ReadError, import_file, journal, open_table
-from tests.support import actor_of, login, make_crm, make_org, token
+from tests.support import actor_of, login, make_org, token
 
 HEADER_JA = ["姓", "名", "会社名", "メールアドレス", "電話番号", "ステータス", "リードソース"]
-
-
-@pytest.fixture
-def crm(tmp_path, db_url):
-    crm = make_crm(tmp_path, db_url)
-    yield crm
-    crm.close()
 
 
 def write_csv(path: Path, rows: list[list[str]], encoding: str) -> Path:

@@ -23,18 +23,6 @@ from tests.conftest import need, run_cli
 from tests.support import XSS, actor_of, csrf_of, login, make_crm, make_org, owned
 
 
-@pytest.fixture
-def crm(tmp_path, db_url):
-    crm = make_crm(tmp_path, db_url)
-    yield crm
-    crm.close()
-
-
-@pytest.fixture
-def org(crm):
-    return make_org(crm)
-
-
 def api(crm, org, username="admin"):
     """A TestClient with a bearer token of ``username``."""
     from starlette.testclient import TestClient

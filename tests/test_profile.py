@@ -15,7 +15,7 @@ from crmkit.core.actors import SYSTEM
 from crmkit.core.passwords import verify_password
 from crmkit.hookspecs import hookimpl
 from crmkit.web.auth import load_user
-from tests.support import PASSWORD, XSS, csrf_of, login, make_crm, make_org
+from tests.support import PASSWORD, XSS, csrf_of, login, make_crm
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -45,11 +45,6 @@ def crm(tmp_path, db_url, events):
     crm = make_crm(tmp_path, db_url, plugins=[events])
     yield crm
     crm.close()
-
-
-@pytest.fixture
-def org(crm):
-    return make_org(crm)
 
 
 def user_row(crm, org, name):

@@ -14,16 +14,9 @@ from crmkit.plugins.deals import close_deal
 from crmkit.plugins.lead_conversion import convert_lead
 from crmkit.plugins.reports import Period, by_lead_source, by_marketing_activity, pipeline_by_stage, rfm
 from crmkit.web.charts import Chart, Series, bar_chart, hbar_chart, nice_ticks
-from tests.support import XSS, actor_of, login, make_crm, make_org, owned
+from tests.support import XSS, actor_of, login, make_org, owned
 
 AS_OF = dt.date(2026, 6, 30)
-
-
-@pytest.fixture
-def crm(tmp_path, db_url):
-    crm = make_crm(tmp_path, db_url)
-    yield crm
-    crm.close()
 
 
 @pytest.fixture

@@ -12,22 +12,10 @@ from crmkit.core.actors import SYSTEM
 from crmkit.core.errors import ValidationError
 from crmkit.plugins.activities import complete_activity
 from crmkit.plugins.tasks import RecurrenceError, next_occurrence, normalize_rule, parse_rule
-from tests.support import actor_of, csrf_of, login, make_crm, make_org
+from tests.support import actor_of, csrf_of, login
 
 JST = ZoneInfo("Asia/Tokyo")
 NY = ZoneInfo("America/New_York")
-
-
-@pytest.fixture
-def crm(tmp_path, db_url):
-    crm = make_crm(tmp_path, db_url)
-    yield crm
-    crm.close()
-
-
-@pytest.fixture
-def org(crm):
-    return make_org(crm)
 
 
 def uid(org, name):

@@ -12,16 +12,9 @@ from crmkit.core.actors import SYSTEM
 from crmkit.core.errors import PermissionDenied
 from crmkit.plugins.deals import close_deal
 from crmkit.plugins.teams import is_team_manager, member_activity, members
-from tests.support import XSS, actor_of, login, make_crm, make_org, owned, token
+from tests.support import XSS, actor_of, login, make_org, owned, token
 
 NOW = dt.datetime(2026, 11, 20, 3, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def crm(tmp_path, db_url):
-    crm = make_crm(tmp_path, db_url)
-    yield crm
-    crm.close()
 
 
 @pytest.fixture
