@@ -202,3 +202,95 @@ def test_sortable_columns_get_indexes_and_are_checked(project):
     with pytest.raises(SchemaError) as exc:
         CRM(project, entry_points=False)
     assert "thing.yaml:7: list.sortable[0]" in str(exc.value) and "did you mean 'name'" in str(exc.value)
+
+
+def _sections(crm, entity="lead"):
+    return [(s.label["en"], list(s.fields)) for s in crm.catalog[entity].form]
+
+
+def test_a_field_an_overlay_places_nowhere_still_gets_on_the_form(tmp_path, project):
+    builtin = _sections(CRM(tmp_path / "plain", entry_points=False))
+    write(project, "lead_extra.yaml", """\
+        extends: lead
+        fields:
+          budget: {type: money, label: {en: Budget, ja: 予算}}
+          note_total: {type: integer, readonly: true, label: {en: Total, ja: 合計}}
+        """)
+    crm = CRM(project, entry_points=False)
+    sections = _sections(crm)
+    assert sections[:-1] == builtin  # the built-in layout is untouched
+    assert sections[-1] == ("More details", ["budget"])  # read-only fields are not inputs
+    assert crm.catalog["lead"].form[-1].label["ja"] == "その他の項目"
+
+
+def test_overlay_adds_sections_and_fields_without_repeating_the_form(tmp_path, project):
+    builtin = _sections(CRM(tmp_path / "plain", entry_points=False))
+    labels = [label for label, _ in builtin]
+    write(project, "lead_extra.yaml", """\
+        extends: lead
+        fields:
+          budget: {type: money, label: {en: Budget, ja: 予算}}
+          competitor: {type: string, label: {en: Competitor, ja: 競合}}
+          event: {type: string, label: {en: Event, ja: イベント}}
+        form:
+          add_sections:
+            - label: {en: Qualification, ja: 有望度}
+              after: Lead details
+              fields: [budget, rating]
+            - label: {en: Marketing, ja: マーケティング}
+              fields: [event]
+          add_fields:
+            連絡先: [competitor]
+        """)
+    crm = CRM(project, entry_points=False)
+    sections = dict(_sections(crm))
+    order = [label for label, _ in _sections(crm)]
+    assert order.index("Qualification") == labels.index("Lead details") + 1
+    assert order[-1] == "Marketing" and "More details" not in order
+    assert sections["Qualification"] == ["budget", "rating"]
+    assert "rating" not in sections["Lead details"]  # moved, not shown twice
+    assert sections["Contact details"][-1] == "competitor"
+    assert sum(fields.count("rating") for fields in sections.values()) == 1
+
+
+def test_form_additions_that_name_nothing_are_reported_with_file_and_line(project):
+    write(project, "lead_extra.yaml", """\
+        extends: lead
+        fields:
+          budget: {type: money, label: {en: Budget, ja: 予算}}
+        form:
+          add_sections:
+            - label: Qualification
+              after: Lead detail
+              fields: [budget, budjet]
+          add_fields:
+            Nowhere: [budget]
+        """)
+    with pytest.raises(SchemaError) as info:
+        CRM(project, entry_points=False)
+    text = str(info.value)
+    assert "lead_extra.yaml:7: form.add_sections[0].after: lead has no form section 'Lead detail'" in text
+    assert "'Lead details'" in text  # the sections it has are listed
+    assert "lead_extra.yaml:8: form.add_sections[0].fields[1]: lead has no field 'budjet'" in text
+    assert "lead_extra.yaml:10: form.add_fields.Nowhere: lead has no form section 'Nowhere'" in text
+
+
+def test_the_added_section_is_on_the_edit_form(tmp_path, db_url, project):
+    from tests.support import login, make_crm, make_org
+
+    write(project, "lead_extra.yaml", """\
+        extends: lead
+        fields:
+          budget: {type: money, label: {en: Budget, ja: 予算}}
+        form:
+          add_sections:
+            - label: {en: Qualification, ja: 有望度}
+              fields: [budget]
+        """)
+    crm = make_crm(project, db_url)
+    try:
+        make_org(crm)
+        page = login(crm, "admin").get("/admin/lead/new").text
+        assert "Qualification" in page and 'name="budget"' in page
+    finally:
+        crm.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -125,6 +125,9 @@ class _Builder:
         self.entity_origin: dict[str, _Origin] = {}
         self.field_origin: dict[tuple[str, str], _Origin] = {}
         self.sources: dict[str, list[str]] = {}
+        # Overlays' ``form.add_sections``/``form.add_fields``, applied to the final sections in
+        # build_entity (so they also work on an entity whose form is the automatic single section).
+        self.form_additions: dict[str, list[tuple[SourceDoc, dict[str, Any]]]] = {}
         self.validator = jsonschema.Draft202012Validator(meta_schema(field_types))
         self.field_validator = jsonschema.Draft202012Validator(
             {"$defs": self.validator.schema["$defs"], "$ref": "#/$defs/field"}
@@ -183,6 +186,12 @@ class _Builder:
                 base["list"] = {**base["list"], **value}
             elif key == "conversion" and isinstance(base.get(key), dict) and isinstance(value, dict):
                 base[key] = _merge_conversion(base[key], value)
+            elif key == "form" and isinstance(value, dict):
+                # `sections:` replaces the form; `add_sections:`/`add_fields:` add to it.
+                if "sections" in value:
+                    base["form"] = {"sections": copy.deepcopy(value["sections"])}
+                if value.get("add_sections") or value.get("add_fields"):
+                    self.form_additions.setdefault(name, []).append((doc, copy.deepcopy(value)))
             else:
                 base[key] = copy.deepcopy(value)
         self.merge_fields(name, doc.data.get("fields") or {}, lambda f: _Origin(doc, ("fields", f)))
@@ -291,13 +300,7 @@ class _Builder:
         )
         visible = [f for f in user_names if not fields[f].spec.get("deprecated")]
         columns = tuple(lst.get("columns") or [title] + [f for f in visible if f != title][:4])
-        sections = tuple(
-            FormSection(make_label(s.get("label"), ""), tuple(s["fields"]), s.get("columns", 2))
-            for s in ((d.get("form") or {}).get("sections") or [])
-        )
-        if not sections:
-            editable = tuple(f for f in visible if not fields[f].readonly)
-            sections = (FormSection(make_label({"en": "Details", "ja": "詳細"}, ""), editable),)
+        sections = self.build_form(name, d, fields, visible)
         return Entity(
             name=name,
             label=make_label(d.get("label"), humanize(name)),
@@ -332,6 +335,73 @@ class _Builder:
             spec=freeze(d),
             sources=tuple(self.sources.get(name, ())),
         )
+
+    def build_form(self, name: str, d: dict[str, Any], fields: Mapping[str, Field],
+                   visible: list[str]) -> tuple[FormSection, ...]:
+        """The form sections: the YAML's (or one automatic section), then the overlays' additions,
+        then a last section for fields an overlay added but placed nowhere (a company that adds a
+        field in YAML sees it on the form without repeating the built-in layout)."""
+        editable = [f for f in visible if not fields[f].readonly]
+        explicit = (d.get("form") or {}).get("sections") or []
+        sections: list[dict[str, Any]] = [
+            {"label": s.get("label"), "fields": list(s["fields"]), "columns": s.get("columns", 2)} for s in explicit
+        ] or [{"label": {"en": "Details", "ja": "詳細"}, "fields": list(editable), "columns": 2, "auto": True}]
+
+        def find(label: str) -> int | None:
+            wanted = label.casefold()
+            for i, s in enumerate(sections):
+                lab = make_label(s.get("label"), "")
+                if wanted in {lab["en"].casefold(), lab.get("ja", "").casefold()}:
+                    return i
+            return None
+
+        def known() -> str:
+            return ", ".join(repr(make_label(s.get("label"), "")["en"]) for s in sections)
+
+        def take(fname: str) -> None:  # a field moved into an added place leaves its old one
+            for s in sections:
+                if fname in s["fields"]:
+                    s["fields"].remove(fname)
+
+        for doc, form in self.form_additions.get(name, ()):
+            for i, added in enumerate(form.get("add_sections") or ()):
+                for fname in added["fields"]:
+                    take(fname)
+                section = {"label": added.get("label"), "fields": list(added["fields"]),
+                           "columns": added.get("columns", 2)}
+                after = added.get("after")
+                at = len(sections) if after is None else find(after)
+                if at is None:
+                    self.problems.append(doc.problem(("form", "add_sections", i, "after"),
+                                                     f"{name} has no form section {after!r}; its sections: "
+                                                     f"{known()}"))
+                    at = len(sections)
+                elif after is not None:
+                    at += 1
+                sections.insert(at, section)
+            for label, names in (form.get("add_fields") or {}).items():
+                at = find(label)
+                if at is None:
+                    self.problems.append(doc.problem(("form", "add_fields", label),
+                                                     f"{name} has no form section {label!r}; its sections: "
+                                                     f"{known()}"))
+                    continue
+                for fname in names:
+                    take(fname)
+                sections[at]["fields"].extend(names)
+        placed = {f for s in sections for f in s["fields"]}
+        unplaced = [f for f in editable if f not in placed and self._from_overlay(name, f)]
+        if unplaced:
+            sections.append({"label": {"en": "More details", "ja": "その他の項目"}, "fields": unplaced, "columns": 2})
+        return tuple(
+            FormSection(make_label(s.get("label"), ""), tuple(s["fields"]), s.get("columns", 2))
+            for s in sections
+            if s["fields"] or not s.get("auto")
+        )
+
+    def _from_overlay(self, entity: str, fname: str) -> bool:
+        origin = self.field_origin.get((entity, fname))
+        return origin is not None and "extends" in (origin.doc.data or {})
 
     def check_entity(self, entity: Entity, catalog: Catalog) -> None:
         origin = self.entity_origin[entity.name]
@@ -369,6 +439,16 @@ class _Builder:
                 if fname not in entity.fields:
                     add(("form", "sections", s, "fields", i),
                         f"{entity.name} has no field {fname!r}{_suggest(fname, entity.fields)}")
+        for fdoc, form in self.form_additions.get(entity.name, ()):
+            places = [(("form", "add_sections", s, "fields", i), fname)
+                      for s, section in enumerate(form.get("add_sections") or ())
+                      for i, fname in enumerate(section.get("fields", ()))]
+            places += [(("form", "add_fields", label, i), fname)
+                       for label, names in (form.get("add_fields") or {}).items() for i, fname in enumerate(names)]
+            for path, fname in places:
+                if fname not in entity.fields:
+                    self.problems.append(fdoc.problem(
+                        path, f"{entity.name} has no field {fname!r}{_suggest(fname, entity.fields)}"))
         for i, ix in enumerate(d.get("indexes") or ()):
             for j, fname in enumerate(ix):
                 if fname not in entity.fields:

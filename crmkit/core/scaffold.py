@@ -33,6 +33,12 @@ fields:
   source:
     options:
       - {value: partner_portal, label: {en: Partner portal, ja: パートナーポータル}}
+# Where the new fields go on the form (without this, they appear in a last "More details" section).
+form:
+  add_sections:
+    - label: {en: Qualification, ja: 有望度}
+      after: Lead details
+      fields: [budget, decision_maker, trade_show]
 # Where these fields go when a lead is converted; `crmkit check` refuses a lead field in neither list.
 conversion:
   map:
