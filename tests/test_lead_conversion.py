@@ -201,6 +201,18 @@ def test_status_converted_cannot_be_set_by_hand_and_converted_leads_are_read_onl
         crm.records.update("lead", lead["id"], {"status": "working"}, actor=SYSTEM)
 
 
+def test_the_lead_form_does_not_offer_the_converted_status(crm, org):
+    """`system: true` on an enum option: shown on converted leads, never offered as a choice."""
+    lead = new_lead(crm, org, owner="admin")
+    client = login(crm, "admin")
+    for path in ("/admin/lead/new", f"/admin/lead/{lead['id']}/edit"):
+        page = client.get(path).text
+        assert 'value="working"' in page and 'value="converted"' not in page, path
+    convert_lead(crm, lead["id"], actor_of(org["users"]["admin"]))
+    assert "Converted" in client.get(f"/admin/lead/{lead['id']}").text
+    assert crm.catalog["lead"].field("status").option("converted").system
+
+
 def test_bad_input_is_a_422_per_field_and_leaves_nothing(crm, org):
     lead = new_lead(crm, org)
     client = api(crm, org)

@@ -56,6 +56,7 @@ class Option:
     value: str
     label: Mapping[str, str]
     color: str | None = None
+    system: bool = False  # set by a workflow only: never offered as a choice in forms
 
     def text(self, lang: str = "en") -> str:
         """The label in ``lang`` (falling back to English)."""
@@ -122,7 +123,7 @@ class Field:
     @cached_property  # frozen, so computed once: coercing an enum cell must not rebuild every option
     def options(self) -> tuple[Option, ...]:
         return tuple(
-            Option(o["value"], make_label(o.get("label"), str(o["value"])), o.get("color"))
+            Option(o["value"], make_label(o.get("label"), str(o["value"])), o.get("color"), bool(o.get("system")))
             for o in self.spec.get("options", ())
         )
 

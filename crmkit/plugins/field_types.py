@@ -25,6 +25,8 @@ _OPTION_LIST = {
             "value": {"type": "string", "minLength": 1, "maxLength": 50},
             "label": _LABEL,
             "color": {"type": "string", "pattern": "^#[0-9a-fA-F]{3,8}$"},
+            "system": {"type": "boolean", "description": "Set by a workflow only (e.g. a converted lead): shown "
+                       "and filterable, but not offered in forms."},
         },
     },
 }

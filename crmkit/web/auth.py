@@ -75,7 +75,7 @@ def load_user(crm: CRM, *, user_id: int | None = None, username: str | None = No
         stmt = stmt.where(sa.func.lower(table.c.username) == username.strip().lower())
     else:
         return None
-    with crm.engine.connect() as conn:
+    with crm.records.reads.connect() as conn:  # one statement, on every admin request: no BEGIN
         row = conn.execute(stmt.limit(1)).mappings().first()
     if row is None:
         return None
@@ -97,7 +97,7 @@ def team_ids(crm: CRM, user_id: int) -> frozenset[int]:
     link = crm.schema.link_tables.get(("team", "members"))
     if link is None:
         return frozenset()
-    with crm.engine.connect() as conn:
+    with crm.records.reads.connect() as conn:  # one statement, on every admin request: no BEGIN
         rows = conn.execute(sa.select(link.c.source_id).where(link.c.target_id == user_id))
         return frozenset(r[0] for r in rows)
 

@@ -1,8 +1,8 @@
 """Showing stored values: HTML for lists and detail pages, plain text for CSV exports.
 
-Every value is escaped here (``markupsafe.escape``) before it is put into markup, so a stored
-``<script>`` is shown as text everywhere. Reference titles are fetched in one query per target
-entity for a whole page (:meth:`Display.prefetch`), never per row.
+Every value is escaped here (:func:`html_text`, the same escaping as ``markupsafe.escape``) before
+it is put into markup, so a stored ``<script>`` is shown as text everywhere. Reference titles are
+fetched in one query per target entity for a whole page (:meth:`Display.prefetch`), never per row.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from crmkit.web.templating import (
     color_class,
@@ -23,6 +23,7 @@ from crmkit.web.templating import (
     format_money,
     format_number,
     format_percent,
+    html_text,
 )
 
 if TYPE_CHECKING:
@@ -32,11 +33,6 @@ if TYPE_CHECKING:
 ADDRESS_ORDER_JA = ("postal_code", "prefecture", "city", "street", "building", "country")
 ADDRESS_ORDER_EN = ("building", "street", "city", "prefecture", "postal_code", "country")
 _TEL_RE = re.compile(r"[^0-9+]")
-
-
-def _esc(value: Any) -> str:
-    """HTML-escaped text as a plain ``str`` (adding a str to a Markup would escape the str)."""
-    return str(escape(value))
 
 
 _CSV_DANGER = ("=", "+", "-", "@", "\t", "\r")
@@ -70,7 +66,8 @@ class Display:
         self.lang = ctx.lang
         self.titles: dict[str, dict[int, str]] = {}
         self._cell_hook = bool(ctx.crm.pm.hook.render_cell.get_hookimpls())
-        self._chips: dict[tuple[int, Any], Markup] = {}
+        self._chips: dict[tuple[int, Any], str] = {}
+        self._links: dict[tuple[str, Any], str] = {}
 
     # -- titles ----------------------------------------------------------------------------------
     def prefetch(self, records: Iterable[Mapping[str, Any]], fields: Iterable[Field]) -> None:
@@ -91,6 +88,7 @@ class Display:
             missing = ids - set(self.titles.get(target, {}))
             if missing:
                 self.titles.setdefault(target, {}).update(self.ctx.store.titles(target, missing))
+                self._links.clear()  # a link drawn before its title was fetched showed "#id"
 
     def title(self, entity: str, id: int | None) -> str:
         """A prefetched title (``#id`` when it was not fetched or the record is gone)."""
@@ -101,6 +99,14 @@ class Display:
     # -- HTML ------------------------------------------------------------------------------------
     def cell(self, f: Field, record: Mapping[str, Any]) -> Markup:
         """A list cell (plugins may take over through ``render_cell``)."""
+        return Markup(self.cell_html(f, record))
+
+    def cell_html(self, f: Field, record: Mapping[str, Any]) -> str:
+        """:meth:`cell` as already-escaped text, for code that joins a whole table into one string.
+
+        A list page has hundreds of cells: building them as plain strings and wrapping the page's
+        rows in one Markup avoids a Markup object (and its Python-level constructor) per cell.
+        """
         value = record.get(f.name)
         if self._cell_hook:
             custom = self.ctx.crm.pm.hook.render_cell(
@@ -112,44 +118,59 @@ class Display:
                 request=self.ctx.request,
             )
             if custom is not None:
-                return Markup(custom) if isinstance(custom, Markup) else escape(custom)
-        return self.html(f, value, record, compact=True)
+                return html_text(custom)  # plain text is escaped; Markup passes
+        return self._html(f, value, record, True)
 
     def html(
         self, f: Field, value: Any, record: Mapping[str, Any] | None = None, compact: bool = False
     ) -> Markup:
         """A value as safe HTML: links for email/phone/url/references, chips for options."""
+        return Markup(self._html(f, value, record, compact))
+
+    def _html(self, f: Field, value: Any, record: Mapping[str, Any] | None, compact: bool) -> str:
+        # Escaped text as a plain ``str``: concatenating a str to a Markup would escape the str,
+        # and Markup.format() goes through string.Formatter, so the hot types join plain strings.
         if value is None or value == "" or value == []:
-            return Markup("")
+            return ""
         t = f.type
-        if t in ("string", "integer") and f.name == "id":
-            return escape(value)
-        # Plain-string concatenation of escaped parts: Markup.format() goes through string.Formatter,
-        # and a list page renders hundreds of cells.
+        if t == "string":
+            return html_text(value)
+        if t == "enum":
+            return self._chip(f, value)
+        if t == "reference" and f.to:
+            key = (f.to, value)  # a list page names the same few owners, stages ... again and again
+            try:
+                html = self._links.get(key)
+            except TypeError:  # an unhashable stored value
+                key, html = None, None
+            if html is None:
+                html = ('<a href="/admin/' + html_text(f.to) + "/" + html_text(value) + '">'
+                        + html_text(self.title(f.to, value)) + "</a>")
+                if key is not None:
+                    self._links[key] = html
+            return html
+        if t == "integer" and f.name == "id":
+            return html_text(value)
         if t == "email":
-            v = _esc(value)
-            return Markup('<a href="mailto:' + v + '">' + v + "</a>")
+            v = html_text(value)
+            return '<a href="mailto:' + v + '">' + v + "</a>"
         if t == "phone":
-            return Markup('<a href="tel:' + _esc(_TEL_RE.sub("", str(value))) + '">' + _esc(value) + "</a>")
+            return '<a href="tel:' + html_text(_TEL_RE.sub("", str(value))) + '">' + html_text(value) + "</a>"
         if t == "url":
             text = str(value)
             if not text.lower().startswith(("http://", "https://")):
-                return escape(text)
+                return html_text(text)
             shown = re.sub(r"^https?://(www\.)?", "", text).rstrip("/")
             if compact and len(shown) > 40:
                 shown = shown[:39] + "…"
-            return Markup('<a href="{}" target="_blank" rel="noopener noreferrer">{}</a>').format(text, shown)
-        if t == "enum":
-            return self.chip(f, value)
+            return ('<a href="' + html_text(text) + '" target="_blank" rel="noopener noreferrer">'
+                    + html_text(shown) + "</a>")
         if t == "multi_enum":
             values = value if isinstance(value, list) else [value]
-            return Markup(" ").join(self.chip(f, v) for v in values)
+            return " ".join(self._chip(f, v) for v in values)
         if t == "boolean":
             label = self.ctx._("yes") if value else self.ctx._("no")
-            return Markup('<span class="bool bool-{}">{}</span>').format("y" if value else "n", label)
-        if t == "reference" and f.to:
-            href = "/admin/" + _esc(f.to) + "/" + _esc(value)
-            return Markup('<a href="' + href + '">' + _esc(self.title(f.to, value)) + "</a>")
+            return '<span class="bool bool-' + ("y" if value else "n") + '">' + html_text(label) + "</span>"
         if t == "references" and f.to:
             items = [item for item in value if isinstance(item, Mapping)]
             links = [
@@ -158,25 +179,25 @@ class Display:
             ]
             through = self.through_fields(f)
             if compact or not through:
-                return Markup(", ").join(links)
-            return self.through_table(f, items, links, through)
+                return ", ".join(links)
+            return str(self.through_table(f, items, links, through))
         if t == "text":
             text = str(value)
             if compact and len(text) > 80:
                 text = text[:79] + "…"
-            return Markup('<span class="pre">{}</span>').format(text)
+            return '<span class="pre">' + html_text(text) + "</span>"
         if t in ("image", "file") and record is not None and record.get("id"):
             url = file_url(self.entity.name, record["id"], f.name)
             if t == "image" and not compact:
-                return Markup('<a href="{0}"><img class="thumb" src="{0}" alt="{1}"></a>').format(
+                return str(Markup('<a href="{0}"><img class="thumb" src="{0}" alt="{1}"></a>').format(
                     url, f.text(self.lang)
-                )
-            return Markup('<a href="{}">{}</a>').format(url, str(value).rsplit("/", 1)[-1])
+                ))
+            return str(Markup('<a href="{}">{}</a>').format(url, str(value).rsplit("/", 1)[-1]))
         if t == "json":
-            return Markup("<code>{}</code>").format(json.dumps(value, ensure_ascii=False, default=str)[:500])
+            return "<code>" + html_text(json.dumps(value, ensure_ascii=False, default=str)[:500]) + "</code>"
         if t == "password":
-            return Markup("••••••")
-        return escape(self.text(f, value))
+            return "••••••"
+        return html_text(self.text(f, value))
 
     def through_fields(self, f: Field) -> list[Field]:
         """The ``through`` fields of a many-to-many field (quantity, unit price ...)."""
@@ -210,6 +231,9 @@ class Display:
 
     def chip(self, f: Field, value: Any) -> Markup:
         """An option as a coloured chip with its label in the UI language."""
+        return Markup(self._chip(f, value))
+
+    def _chip(self, f: Field, value: Any) -> str:
         key = (id(f), value)  # catalog fields live as long as the CRM; a Display, one page
         try:
             html = self._chips.get(key)
@@ -218,10 +242,10 @@ class Display:
         if html is None:
             opt = f.option(value)
             if opt is None:
-                html = Markup('<span class="chip c-none">' + _esc(value) + "</span>")
+                html = '<span class="chip c-none">' + html_text(value) + "</span>"
             else:
-                html = Markup('<span class="chip ' + _esc(color_class(opt.color)) + '">'
-                              + _esc(opt.text(self.lang)) + "</span>")
+                html = ('<span class="chip ' + html_text(color_class(opt.color)) + '">'
+                        + html_text(opt.text(self.lang)) + "</span>")
             if key is not None:
                 self._chips[key] = html
         return html

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from markupsafe import Markup
 from starlette.datastructures import FormData, UploadFile
 
 from crmkit.core import conditions
 from crmkit.core.catalog import Field, FormSection, make_label
 from crmkit.core.errors import CRMError
-from crmkit.web.templating import local_datetime
+from crmkit.web.templating import html_text, local_datetime
 
 if TYPE_CHECKING:
     from crmkit.core.catalog import Entity
@@ -103,6 +104,19 @@ def translate_message(message: str, lang: str) -> str:
     return message
 
 
+class WidgetExtra(dict):
+    """A widget's type-specific settings; a missing key reads as None (``w.extra.step``).
+
+    Jinja looks ``w.extra.step`` up as an attribute first: on a plain dict every absent key would
+    cost a raised AttributeError, and an input widget asks for half a dozen of them.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle ... probe dunders: not settings
+            raise AttributeError(name)
+        return self.get(name)
+
+
 @dataclass
 class Widget:
     """One field of a form, ready for its widget template."""
@@ -120,9 +134,10 @@ class Widget:
     readonly: bool = False
     input_type: str = "text"
     choices: list[dict[str, Any]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=WidgetExtra)
     visible_if: str = ""
     required_if: str = ""
+    macro: str = ""  # the widgets/_macros.html macro drawing it ("": include ``template``)
 
     @property
     def id(self) -> str:
@@ -136,6 +151,45 @@ class Widget:
         if self.errors:
             ids.append(self.id + "-err")
         return " ".join(ids)
+
+    # The attributes every widget repeats, as one string each: a form has dozens of widgets and
+    # each ``{% if w.x %}`` in a template costs an attribute lookup and a branch.
+    def _state(self, locked: str) -> Markup:
+        out = ' required aria-required="true"' if self.required else ""
+        if self.readonly:
+            out += locked
+        if self.errors:
+            out += ' aria-invalid="true"'
+        describedby = self.describedby
+        if describedby:
+            out += ' aria-describedby="' + html_text(describedby) + '"'
+        return Markup(out)
+
+    @property
+    def state_attrs(self) -> Markup:
+        """`` required aria-required="true" readonly aria-invalid="true" aria-describedby="…"`` as they apply."""
+        return self._state(" readonly")
+
+    @property
+    def state_attrs_disabled(self) -> Markup:
+        """:attr:`state_attrs` with ``disabled`` for ``readonly`` (selects cannot be read-only)."""
+        return self._state(" disabled")
+
+    @property
+    def box_attrs(self) -> Markup:
+        """The attributes of the ``<div class="field …">`` around the widget in form.html."""
+        ftype = html_text(self.field.type)
+        out = 'class="field field-' + ftype
+        if self.errors:
+            out += " has-error"
+        if self.kind in ("textarea", "references", "address", "json"):
+            out += " span-all"
+        out += '" data-field="' + html_text(self.name) + '" data-type="' + ftype + '"'
+        if self.visible_if:
+            out += ' data-visible-if="' + html_text(self.visible_if) + '"'
+        if self.required_if:
+            out += ' data-required-if="' + html_text(self.required_if) + '"'
+        return Markup(out)
 
 
 @dataclass
@@ -153,14 +207,15 @@ def form_sections(entity: Entity) -> tuple[FormSection, ...]:
     return (FormSection(make_label(None, entity.text("en")), names, 2),)
 
 
-def editable(ctx: PageContext, entity: Entity, f: Field) -> bool:
-    """Whether the actor may type into this field."""
+def editable(ctx: PageContext, entity: Entity, f: Field, access: Mapping[str, str] | None = None) -> bool:
+    """Whether the actor may type into this field (``access``: the actor's field access, if known)."""
     if f.name in ("owner", "team") and entity.ownable:
         pass  # system columns a user may set, when the role's field access allows it
     elif f.readonly or f.compute or f.deprecated:
         return False
-    access = ctx.store.field_access(ctx.actor, entity.name).get(f.name, "write")
-    return access in ("write", "write-only")
+    if access is None:
+        access = ctx.store.field_access(ctx.actor, entity.name)
+    return access.get(f.name, "write") in ("write", "write-only")
 
 
 def form_fields(ctx: PageContext, entity: Entity) -> list[Field]:
@@ -188,13 +243,14 @@ class FormBuilder:
         self.ctx = ctx
         self.entity = entity
         self._choices: dict[str, list[dict[str, Any]] | None] = {}
+        self._access = ctx.store.field_access(ctx.actor, entity.name)  # one copy for every widget
 
     def sections(
         self, values: Mapping[str, Any], errors: Mapping[str, list[str]] | None = None
     ) -> list[Section]:
         """Widgets grouped by the YAML sections; ``values`` are form values (see :func:`form_values`)."""
         errors = errors or {}
-        access = self.ctx.store.field_access(self.ctx.actor, self.entity.name)
+        access = self._access
         lang = self.ctx.lang
         out: list[Section] = []
         for section in form_sections(self.entity):
@@ -232,26 +288,33 @@ class FormBuilder:
             name=f.name,
             label=f.text(lang),
             template=template,
+            macro=self.ctx.site.widget_macros.get(template, ""),
             kind=kind,
             value=value,
             errors=field_errors,
             help=_label(help_text, lang),
             placeholder=_label(placeholder, lang),
             required=f.required,
-            readonly=not editable(self.ctx, self.entity, f),
+            readonly=not editable(self.ctx, self.entity, f, self._access),
             input_type=INPUT_TYPES.get(kind, "text"),
             visible_if=json.dumps(_plain(f.visible_if), ensure_ascii=False) if f.visible_if else "",
             required_if=json.dumps(_plain(f.required_if), ensure_ascii=False) if f.required_if else "",
         )
         if f.type in ("enum", "multi_enum"):
-            w.choices = [{"value": o.value, "label": o.text(lang), "color": o.color} for o in f.options]
+            current = value if isinstance(value, (list, tuple)) else (value,)
+            w.choices = [{"value": o.value, "label": o.text(lang), "color": o.color} for o in f.options
+                         if not o.system or o.value in current]  # a workflow's option, unless already set
             w.extra["pills"] = (
                 f.type == "enum" and len(f.options) <= PILL_OPTIONS and any(o.color for o in f.options)
             )
         elif f.type == "reference" and f.to:
             w.choices = self.reference_choices(f.to)
             if value not in (None, ""):
-                w.extra["title"] = self._title(f.to, value)
+                # A select already holds the current record's title; only an autocomplete (or a
+                # value outside the choices) needs the query.
+                shown = str(value)
+                title = next((c["label"] for c in w.choices or () if c["value"] == shown), None)
+                w.extra["title"] = title if title is not None else self._title(f.to, value)
         elif f.type == "references" and f.to:
             w.extra["through"] = [
                 Field(n, s.get("type", "string"), make_label(s.get("label"), n), s)

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from crmkit.core.catalog import thaw
 from crmkit.core.errors import BadRequest, CRMError, PermissionDenied
 from crmkit.plugins import call_each
-from crmkit.web.display import Display
+from crmkit.web.display import Display, html_text
 from crmkit.web.forms import translate_message
 
 if TYPE_CHECKING:
@@ -278,6 +278,21 @@ def _small_choices(ctx: PageContext, target: str, limit: int = 100) -> list[tupl
 # ---------------------------------------------------------------------------------------------
 # The page
 # ---------------------------------------------------------------------------------------------
+class HTMLCells(list):
+    """The cells of a list row: escaped HTML kept as plain strings, handed out as Markup.
+
+    list.html prints the prebuilt ``rows_html``; a project's own list.html looping over
+    ``row.cells`` still gets safe Markup, without a Markup object per cell on every page.
+    """
+
+    def __iter__(self) -> Iterator[Markup]:
+        return map(Markup, list.__iter__(self))
+
+    def __getitem__(self, index: Any) -> Any:
+        item = list.__getitem__(self, index)
+        return Markup(item) if isinstance(index, int) else [Markup(c) for c in item]
+
+
 def list_page(ctx: PageContext) -> Response:
     """GET /admin/{entity}/ — the list of records."""
     entity = ctx.entity()
@@ -305,29 +320,35 @@ def list_page(ctx: PageContext) -> Response:
         for c in cols
     ]
     first = columns[0].name if columns else None
+    # The first column links to the record, unless it links elsewhere (then an ID column does).
+    id_column = first is not None and columns[0].type in ("reference", "email", "url", "phone")
+    bulk = bulk_actions(ctx, entity)
     rows = []
+    parts: list[str] = []  # the <tbody> rows as one string: no template loop or Markup per cell
     for r in page.items:
-        cells = []
-        for f in columns:
-            html = display.cell(f, r)
-            if f.name == first:
-                text = html if f.type not in ("reference", "email", "url", "phone") else None
-                if text is not None:
-                    html = Markup('<a href="/admin/{}/{}">{}</a>').format(
-                        entity.name, r["id"], text or f"#{r['id']}"
-                    )
-            cells.append(html)
+        rid = r["id"]
+        link = f'<a href="/admin/{entity.name}/{rid}">'
+        cells = [display.cell_html(f, r) for f in columns]
+        if first is not None:
+            if id_column:
+                cells.insert(0, f"{link}#{rid}</a>")
+            else:
+                cells[0] = link + (cells[0] or f"#{rid}") + "</a>"
         for c in extra_cols:
-            cells.append(escape(c["render"](r)))  # plain text is escaped; Markup passes
-        rows.append({"id": r["id"], "title": _row_title(display, entity, r), "cells": cells})
-    if first is not None and columns[0].type in ("reference", "email", "url", "phone"):
-        for row in rows:  # keep a link to the record itself when the first column links elsewhere
-            row["cells"].insert(
-                0, Markup('<a href="/admin/{}/{}">#{}</a>').format(entity.name, row["id"], row["id"])
-            )
+            cells.append(html_text(c["render"](r)))  # plain text is escaped; Markup passes
+        title = _row_title(display, entity, r)
+        rows.append({"id": rid, "title": title, "cells": HTMLCells(cells)})
+        parts.append("<tr>")
+        if bulk:
+            parts.append(f'<td class="cb"><input type="checkbox" name="ids" value="{rid}" form="bulk" '
+                         f'aria-label="{html_text(title)}"></td>')
+        for c in cells:
+            parts += ("<td>", c, "</td>")
+        parts.append("</tr>\n")
+    rows_html = Markup("".join(parts))
     sort_keys = _sort_keys(entity, state.sort)
     headers = []
-    if first is not None and columns[0].type in ("reference", "email", "url", "phone"):
+    if id_column:
         headers.append({"label": "ID", "href": None, "dir": None})
     for f in columns:
         dir_ = sort_keys.get(f.name)
@@ -344,6 +365,7 @@ def list_page(ctx: PageContext) -> Response:
         state=state,
         headers=headers,
         rows=rows,
+        rows_html=rows_html,
         page=page,
         next_url=state.url(entity.name, cursor=page.next_cursor) if page.next_cursor else None,
         first_url=state.url(entity.name) if state.cursor else None,
@@ -352,7 +374,7 @@ def list_page(ctx: PageContext) -> Response:
         builtin_views=builtin_views(ctx, entity, state),
         current_query=urlencode(state.params()),
         can_create=ctx.store.can(ctx.actor, "create", entity.name),
-        bulk=bulk_actions(ctx, entity),
+        bulk=bulk,
         settable=settable_fields(ctx, entity),
         owners=_small_choices(ctx, "user") if entity.ownable else None,
         can_export=ctx.store.can(ctx.actor, "export", entity.name),
@@ -459,8 +481,9 @@ def settable_fields(ctx: PageContext, entity: Entity) -> list[dict[str, Any]]:
     from crmkit.web.forms import editable
 
     out = []
+    access = ctx.store.field_access(ctx.actor, entity.name)
     for f in entity.visible_fields:
-        if f.type not in SETTABLE_TYPES or not editable(ctx, entity, f) or f.is_many:
+        if f.type not in SETTABLE_TYPES or not editable(ctx, entity, f, access) or f.is_many:
             continue
         item: dict[str, Any] = {"name": f.name, "label": f.text(ctx.lang), "type": f.type}
         if f.type == "enum":

@@ -30,7 +30,7 @@ from crmkit.core.errors import CRMError, PermissionDenied
 from crmkit.plugins import PluginError, call_each
 from crmkit.web import auth
 from crmkit.web.i18n import Translator, choose_language, plugin_strings
-from crmkit.web.templating import make_environment, palette_css, static_dir, zone
+from crmkit.web.templating import is_builtin_template, make_environment, palette_css, static_dir, zone
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -53,7 +53,17 @@ class AdminSite:
         self.widgets: dict[str, str] = {}
         for _plugin, widgets in call_each(crm.pm, "register_field_widgets", crm=crm):
             self.widgets.update(widgets)
+        # Built-in widget templates nobody overrides render as macros of widgets/_macros.html
+        # (imported once per form); an overridden one is included, so its own markup shows.
+        from crmkit.web.forms import BUILTIN_WIDGETS
+
+        self.widget_macros: dict[str, str] = {
+            name: name.rsplit("/", 1)[-1].removesuffix(".html")
+            for name in set(BUILTIN_WIDGETS.values())
+            if is_builtin_template(self.env, name)
+        }
         self.static_version = _static_version()
+        self.icons_url = self.static_url("icons.svg")
         colors: set[str] = set()
         for ent in crm.catalog:
             for f in ent.fields.values():
@@ -134,6 +144,7 @@ class AdminSite:
             "lang": ctx.lang,
             "_": ctx._,
             "static": self.static_url,
+            "icons": self.icons_url,  # static('icons.svg'): every icon of every page
             "csrf_token": auth.csrf_token(request) if "session" in request.scope else "",
             "messages": ctx.pop_messages(),
             "menu": self.menu(ctx) if ctx.actor is not None else [],
@@ -274,30 +285,37 @@ def admin_page(handler: Handler, *, login: bool = True) -> Callable[[Request], A
                 form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
             except Exception:  # malformed multipart: treat as an empty form (CSRF will refuse it)
                 form = FormData()
-        actor = await run_in_threadpool(site.actor, request)
-        user = getattr(request.state, "crmkit_user", None)
-        lang = choose_language(request, actor, site.crm.config.locale)
-        tz = zone(user.time_zone if user else None, site.crm.config.time_zone)
-        ctx = PageContext(request, site, actor, lang, form, tz)
-        request.state.crmkit_ctx = ctx  # for hooks that get only the request (widgets, menu links)
-        request.state.crmkit_lang = lang
-        if form is not None and not auth.csrf_ok(request, form):
-            return await run_in_threadpool(_error, ctx, 403, ctx._("csrf_failed"))
-        if login and actor is None:
-            if request.method in ("GET", "HEAD") and not ctx.wants_json():
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                return RedirectResponse("/admin/login?" + urlencode({"next": target}), status_code=303)
-            return await run_in_threadpool(_error, ctx, 401, ctx._("session_expired"))
-        try:
-            return await run_in_threadpool(handler, ctx)
-        except CRMError as exc:
-            return await run_in_threadpool(_error, ctx, exc.status, str(exc))
-        except PluginError as exc:
-            return await run_in_threadpool(_error, ctx, 500, str(exc))
+        # Everything after the form is synchronous (database reads, rendering): one trip to the
+        # thread pool per request, not one per step.
+        return await run_in_threadpool(_serve, site, request, form, handler, login)
 
     endpoint.__name__ = getattr(handler, "__name__", "admin_page")
     endpoint.__doc__ = handler.__doc__
     return endpoint
+
+
+def _serve(site: AdminSite, request: Request, form: FormData | None, handler: Handler, login: bool) -> Response:
+    """Actor, language, CSRF and login checks, then the handler (in a worker thread)."""
+    actor = site.actor(request)
+    user = getattr(request.state, "crmkit_user", None)
+    lang = choose_language(request, actor, site.crm.config.locale)
+    tz = zone(user.time_zone if user else None, site.crm.config.time_zone)
+    ctx = PageContext(request, site, actor, lang, form, tz)
+    request.state.crmkit_ctx = ctx  # for hooks that get only the request (widgets, menu links)
+    request.state.crmkit_lang = lang
+    if form is not None and not auth.csrf_ok(request, form):
+        return _error(ctx, 403, ctx._("csrf_failed"))
+    if login and actor is None:
+        if request.method in ("GET", "HEAD") and not ctx.wants_json():
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse("/admin/login?" + urlencode({"next": target}), status_code=303)
+        return _error(ctx, 401, ctx._("session_expired"))
+    try:
+        return handler(ctx)
+    except CRMError as exc:
+        return _error(ctx, exc.status, str(exc))
+    except PluginError as exc:
+        return _error(ctx, 500, str(exc))
 
 
 def _error(ctx: PageContext, status: int, message: str) -> Response:

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, Undefined, select_autoescape
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateNotFound,
+    Undefined,
+    select_autoescape,
+)
 from markupsafe import Markup
 
 from crmkit.plugins import call_each
@@ -61,10 +69,20 @@ def make_environment(crm: CRM) -> Environment:
         number=format_number,
         percent=format_percent,
         color_class=color_class,
+        options=options_html,
     )
     for _plugin, _result in call_each(crm.pm, "prepare_jinja2_environment", crm=crm, env=env):
         pass
     return env
+
+
+def is_builtin_template(env: Environment, name: str) -> bool:
+    """Whether ``name`` resolves to crmkit's own file (no project or plugin template overrides it)."""
+    try:
+        _source, filename, _uptodate = env.loader.get_source(env, name)
+    except TemplateNotFound:
+        return False
+    return filename is not None and Path(filename).resolve() == (templates_dir() / name).resolve()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +198,53 @@ def palette_css(colors: set[str]) -> str:
     for hexpart in sorted(c for c in (normalize_color(x) for x in colors) if c):
         rules.append(f".c-{hexpart}{{--c:#{hexpart}}}")
     return "\n".join(rules) + "\n"
+
+
+def html_text(value: Any) -> str:
+    """``value`` HTML-escaped as a plain ``str``, exactly as ``markupsafe.escape`` would do it.
+
+    Plain strings (nearly every value on a page) skip the Markup object escape() builds, which
+    costs more than the escaping itself; a value with ``__html__`` (Markup) passes unescaped, as
+    in Jinja.
+    """
+    if type(value) is not str:
+        if hasattr(value, "__html__"):
+            return str(value.__html__())
+        value = str(value)
+    if "&" in value:
+        value = value.replace("&", "&amp;")
+    return value.replace("<", "&lt;").replace(">", "&gt;").replace('"', "&#34;").replace("'", "&#39;")
+
+
+def options_html(choices: Any, selected: Any = None, sep: str = "") -> Markup:
+    """``<option>`` elements for a select: ``{{ f.choices|options(f['values']) }}``.
+
+    ``choices`` are ``(value, label)`` pairs or ``{"value", "label", "color"}`` dicts (a colour
+    adds ``data-color-class``); an option is selected when its value is in ``selected`` (a list,
+    set or tuple) or equal to it (anything else). Each option is followed by ``sep``. The same
+    markup as a template loop, at a fraction of its cost: filters, bulk actions and form selects
+    print hundreds of options per page.
+    """
+    if selected is None:
+        chosen: Any = ()
+    elif isinstance(selected, (list, tuple, set, frozenset)):
+        chosen = selected
+    else:
+        chosen = (selected,)
+    parts = []
+    for choice in choices:
+        color = None
+        if isinstance(choice, dict):
+            value, label, color = choice["value"], choice["label"], choice.get("color")
+        else:
+            value, label = choice
+        attrs = ' value="' + html_text(value) + '"'
+        if value in chosen:
+            attrs += " selected"
+        if color:
+            attrs += ' data-color-class="' + html_text(color_class(color)) + '"'
+        parts.append("<option" + attrs + ">" + html_text(label) + "</option>" + sep)
+    return Markup("".join(parts))
 
 
 def markup(html: str) -> Markup:
