@@ -313,10 +313,15 @@ def _concurrent_round_robin(tmp_path, url: str) -> Counter:
     crm = make_crm(tmp_path, url, enable=["assignment_rules"])
     lead = crm.table("lead")
     with crm.engine.connect() as conn:
-        owners = conn.execute(sa.select(lead.c.owner)).scalars().all()
+        leads = conn.execute(sa.select(lead.c.id, lead.c.owner)).all()
+    # the log explains every owner: one decision per lead, by the rule, naming the owner it set
+    for lead_id, owner in leads:
+        (entry,) = engine.log_of(crm, "lead", lead_id)
+        assert (entry["rule"], entry["strategy"], entry["owner"]) == ("everyone", "round_robin", owner)
+        assert entry["reason"].startswith("round robin: next in turn") and len(entry["candidates"]) == 5
     crm.close()
-    assert len(owners) == 50
-    return Counter(ids[o] for o in owners)
+    assert len(leads) == 50
+    return Counter(ids[o] for _i, o in leads)
 
 
 @pytest.mark.postgres_only

@@ -2,21 +2,25 @@
 
 Every rule becomes a SELECT of the items it scores (the lead itself for fit rules, activities
 linked to the lead, email/web events), with the item's time and its points after half-life
-decay. The UNION of those goes through window functions, in this order:
+decay. Each source table is read once for all the groups on it, with a 0/1 flag per rule
+(conditions are evaluated once per row, and the only condition the planner sees is the leads'
+scope). The items then go through window functions, each only over the rows it concerns:
 
-1. ``once_per`` (lead, day, week, month): only the first item of each period counts;
-2. the rule's ``cap``, then the group's ``cap``, then ``max_score``: items are taken in time
-   order and the one that crosses a cap contributes only what is left (negative points are
-   never capped);
+1. ``once_per`` (lead, day, week, month): only the first item of each period counts (over the
+   rule's items);
+2. the rule's ``cap`` (over the rule's items), then the group's ``cap`` (over the group's), then
+   ``max_score`` (over all the lead's): items are taken in time order and the one that crosses a
+   cap contributes only what is left (negative points are never capped);
 
 and the result is written to ``scoring_ledger`` (every item with its raw and effective points
 and a note saying why they differ) and summed into ``lead.scoring_score`` and its grade.
 
 The same SQL runs for a save (``ids=[lead]``, inside the save's transaction, so the score
 commits or rolls back with the data it is computed from) and for ``crmkit scoring recompute``
-(ranges of lead ids, one transaction per chunk). There is no second implementation in Python
-that could disagree with it. Days (``once_per: day``) are calendar days in the project's time
-zone at the offset in force at ``now``.
+(ranges of lead ids, one transaction per chunk; there the group caps and ``max_score`` are
+applied in a second pass to the few leads that reach them, see :func:`recompute`). There is no
+second implementation in Python that could disagree with it. Days (``once_per: day``) are
+calendar days in the project's time zone at the offset in force at ``now``.
 """
 
 from __future__ import annotations
@@ -147,9 +151,13 @@ class Scope:
         self.id_range = id_range
 
     @property
-    def narrow(self) -> bool:
-        """True when the scope is some ids or an id range (not every lead)."""
-        return self.ids is not None or self.id_range is not None
+    def size(self) -> float:
+        """How many leads the scope can hold at most (infinite for all leads)."""
+        if self.ids is not None:
+            return len(self.ids)
+        if self.id_range is not None:
+            return max(0, self.id_range[1] - self.id_range[0] + 1)
+        return float("inf")
 
     def on(self, column: Any) -> Any:
         """The condition on a column holding lead ids."""
@@ -163,6 +171,18 @@ class Scope:
 # ---------------------------------------------------------------------------------------------
 # The pipeline
 # ---------------------------------------------------------------------------------------------
+# The columns of an item between the steps of the pipeline, and its notes (why an item counts
+# less than its points) as small integers: a step notes an item it changes unless an earlier step
+# did; "decayed" is the weakest note, kept only when no step changed the item.
+ITEM = ["lead_id", "seq", "src", "source_id", "t", "v", "note"]
+NOTE_CODES = {"decayed": 1, "once_per": 2, "rule_cap": 3, "group_cap": 4, "max_score": 5}
+
+
+def _noted(note: Any, changed: Any, code: int) -> Any:
+    """The note of an item after a step with note ``code``; ``changed``: the step changed it."""
+    return sa.case((note > NOTE_CODES["decayed"], note), (changed, code), else_=note)
+
+
 class Pipeline:
     """Builds the ledger SELECT for some rules, a time ``now`` and a :class:`Scope`."""
 
@@ -174,25 +194,23 @@ class Pipeline:
         self.offset = utc_offset(crm, self.now)
         self.tables = crm.schema.tables
         self.lead = self.tables[LEAD]
-        self.sqlite = crm.engine.dialect.name == "sqlite"
         self.params = {"me": None, "my_team": None, "my_teams": [], "now": self.now,
                        "today": self.now.date()}
 
     # -- pieces ------------------------------------------------------------------------------
-    def _decay(self, at: Any, group: Group, rule: Rule) -> Any:
+    def _decay(self, t: Any, group: Group, rule: Rule) -> Any:
         half_life = rule.half_life_days or group.half_life_days
         if not half_life:
             return None
-        age = (sa.literal(self.now_epoch, sa.Float) - epoch(at)) / DAY
+        age = (sa.literal(self.now_epoch, sa.Float) - t) / DAY
         age = sa.case((age < 0, 0.0), else_=age)
         return sa.func.power(0.5, age / float(half_life))
 
-    def _bucket(self, at: Any, rule: Rule) -> Any:
-        if not rule.once_per:
-            return sa.cast(sa.null(), sa.Integer)
+    def _bucket(self, t: Any, rule: Rule) -> Any:
+        """The ``once_per`` period of an item whose time is ``t`` (epoch seconds)."""
         if rule.once_per == "lead":
             return sa.cast(sa.literal(0), sa.Integer)
-        local = epoch(at) + float(self.offset)
+        local = t + float(self.offset)
         if rule.once_per == "month":
             return month_index(local)
         days = sa.func.floor(local / DAY)
@@ -200,153 +218,165 @@ class Pipeline:
             return sa.cast(sa.func.floor((days + 3) / 7), sa.Integer)
         return sa.cast(days, sa.Integer)
 
-    def _window(self, at: Any, group: Group, lead: Any) -> list[Any]:
+    def _window(self, src: Any, group: Group) -> list[Any]:
         w = group.window
         if w is None:
             return []
-        t = epoch(at)
+        t = src.c.t
         if w.rolling_days is not None:
             now = sa.literal(self.now_epoch, sa.Float)
             return [t > now - w.rolling_days * DAY, t <= now]
-        start = epoch(lead.c[w.from_field])
-        return [lead.c[w.from_field].is_not(None), t >= start + w.start_days * DAY, t < start + w.end_days * DAY]
+        start = src.c["w_" + w.from_field]
+        return [start.is_not(None), t >= start + w.start_days * DAY, t < start + w.end_days * DAY]
 
-    def _part(self, group: Group, rule: Rule, scope: Scope, gi: int, seq: int) -> Any:
+    @staticmethod
+    def _key(group: Group) -> tuple:
+        """Groups with the same key read the same rows (one pass over the table serves them all)."""
+        if group.source == "activity":
+            return ("activity", group.link, group.dates)
+        return (group.source,)
+
+    def _source(self, key: tuple, members: list[tuple[int, Group]], scope: Scope, n: int) -> Any:
+        """One read of a source table for all the groups on it: each row once, with its lead, its
+        time (epoch seconds), the window start dates of its lead and, per rule, a 0/1 flag saying
+        whether the rule's condition holds.
+
+        The conditions are evaluated in the SELECT list, never in WHERE: the only condition the
+        planner sees is the scope's, so each chunk range-scans its own leads' rows through the
+        lead index (SQLite has no statistics and, given ``type = 'call' AND lead BETWEEN a AND b``,
+        would pick the type index and read every call in the table for each chunk).
+        """
         lead = self.lead
-        if group.source == "lead":
-            at = lead.c.updated_at
-            src, src_id, lead_id = 0, lead.c.id, lead.c.id
-            where = [scope.on(lead.c.id), rule.when.to_sql(self.tables, self.params)]
-            from_ = lead
-        elif group.source == "activity":
-            act = self.tables[ACTIVITY]
-            at = sa.func.coalesce(*[act.c[d] for d in group.dates]) if len(group.dates) > 1 else act.c[group.dates[0]]
-            src, src_id, lead_id = 1, act.c.id, act.c[group.link]
-            when = rule.when.to_sql(self.tables, self.params)
-            if self.sqlite and scope.narrow:
-                # SQLite has no statistics: given ``type = 'call' AND lead BETWEEN a AND b`` it picks the
-                # type index and reads every call in the table for each chunk (quadratic in a recompute).
-                # Inside a CASE the rule's condition is no index candidate, so the lead index is used.
-                when = sa.case((when, 1), else_=0) == 1
-            where = [scope.on(act.c[group.link]), when]
-            from_ = act
-            if group.window is not None and group.window.from_field:
-                from_ = act.join(lead, lead.c.id == act.c[group.link])
-                where.append(scope.on(lead.c.id))  # so the lead table is never the outer full scan
+        if key[0] == "lead":
+            table = lead
+            lead_id, at = lead.c.id, lead.c.updated_at
+        elif key[0] == "activity":
+            table = self.tables[ACTIVITY]
+            lead_id = table.c[key[1]]
+            dates = [table.c[d] for d in key[2]]
+            at = sa.func.coalesce(*dates) if len(dates) > 1 else dates[0]
         else:
-            ev = self.crm.system_tables["scoring_event"]
-            at = ev.c.at
-            src, src_id, lead_id = 2, ev.c.id, ev.c.lead_id
-            where = [scope.on(ev.c.lead_id), ev.c.name == rule.event]
-            from_ = ev
-            if group.window is not None and group.window.from_field:
-                from_ = ev.join(lead, lead.c.id == ev.c.lead_id)
-                where.append(scope.on(lead.c.id))
-        where += self._window(at, group, lead)
-        decay = self._decay(at, group, rule)
+            table = self.crm.system_tables["scoring_event"]
+            lead_id, at = table.c.lead_id, table.c.at
+        flags = []
+        for gi, g in members:
+            for ri, r in enumerate(g.rules):
+                holds = table.c.name == r.event if key[0] == "event" else r.when.to_sql(self.tables, self.params)
+                flags.append(sa.case((holds, 1), else_=0).label(f"m{gi * 1000 + ri}"))
+        from_ = table
+        starts = sorted({g.window.from_field for _gi, g in members if g.window is not None and g.window.from_field})
+        if starts:  # (never for source: lead) an outer join keeps the source table the outer loop
+            from_ = table.outerjoin(lead, lead.c.id == lead_id)
+        cols = [lead_id.label("lead_id"), table.c.id.label("source_id"), sa.cast(epoch(at), sa.Float).label("t")]
+        cols += [sa.cast(epoch(lead.c[f]), sa.Float).label("w_" + f) for f in starts]
+        return sa.select(*cols, *flags).select_from(from_).where(scope.on(lead_id)).cte(f"src{n}")
+
+    @staticmethod
+    def _capped(cur: Any, run: Any, cap: float, code: int) -> list[Any]:
+        """``v`` and ``note`` of items under ``cap``, given ``run``, the running sum of ``v`` up to and
+        including each item: what is left below the cap (negative points are never capped)."""
+        capv = _f(cap)
+        v = cur.c.v
+        before = run - v
+        limited = sa.case((v <= 0, v), (before >= capv, 0.0), (before + v > capv, capv - before), else_=v)
+        return [limited.label("v"), _noted(cur.c.note, limited != v, code).label("note")]
+
+    def _rule(self, src: Any, group: Group, rule: Rule, seq: int, srcno: int) -> Any:
+        """A rule's items (:data:`ITEM`), after decay, ``once_per`` and the rule's cap; both windows
+        run over this rule's rows only."""
+        decay = self._decay(src.c.t, group, rule)
         points = _f(rule.points)
-        value = points * decay if decay is not None else points
-        return (
-            sa.select(
-                lead_id.label("lead_id"), _i(seq).label("seq"), _i(gi).label("grp"), _i(src).label("src"),
-                src_id.label("source_id"), sa.cast(epoch(at), sa.Float).label("t"), points.label("points"),
-                sa.cast(value, sa.Float).label("v0"), self._bucket(at, rule).label("bucket"),
-                _f(rule.cap).label("rule_cap"), _f(group.cap).label("group_cap"),
-            )
-            .select_from(from_)
-            .where(*where)
-        )
+        v0 = sa.cast(points * decay if decay is not None else points, sa.Float)
+        note = sa.case((v0 != points, NOTE_CODES["decayed"]), else_=0) if decay is not None else _i(0)
+        keys = [src.c.lead_id, _i(seq).label("seq"), _i(srcno).label("src"), src.c.source_id, src.c.t]
+        where = [src.c[f"m{seq}"] == 1, *self._window(src, group)]
+        if not rule.once_per:
+            cur = sa.select(*keys, v0.label("v"), note.label("note")).where(*where)
+        else:  # only the first item of each period counts
+            cur = sa.select(*keys, v0.label("v"), note.label("note"), self._bucket(src.c.t, rule).label("bucket")) \
+                .where(*where).cte(f"r{seq}_in")
+            rn = sa.func.row_number().over(partition_by=[cur.c.lead_id, cur.c.bucket],
+                                           order_by=[cur.c.t, cur.c.source_id])
+            cur = sa.select(*[cur.c[n] for n in ITEM], rn.label("rn")).cte(f"r{seq}_rn")
+            first = sa.case((cur.c.rn == 1, cur.c.v), else_=0.0)
+            cur = sa.select(*[cur.c[n] for n in ITEM[:-2]], first.label("v"),
+                            _noted(cur.c.note, first != cur.c.v, NOTE_CODES["once_per"]).label("note"))
+        if rule.cap is None or not self._may_exceed(group, [rule], rule.cap):
+            return cur
+        cur = cur.cte(f"r{seq}_v1")
+        run = sa.func.sum(cur.c.v).over(partition_by=[cur.c.lead_id], order_by=[cur.c.t, cur.c.source_id],
+                                        rows=(None, 0))
+        cur = sa.select(*[cur.c[n] for n in ITEM], run.label("run")).cte(f"r{seq}_run")
+        return sa.select(*[cur.c[n] for n in ITEM[:-2]], *self._capped(cur, cur.c.run, rule.cap,
+                                                                        NOTE_CODES["rule_cap"]))
 
-    def select(self, scope: Scope, *extra: Any) -> Any:
+    @staticmethod
+    def _may_exceed(group: Group, rules: Sequence[Rule], cap: float) -> bool:
+        """False when ``rules`` can never give a lead more than ``cap`` (fit rules score once per
+        lead and rule, ``once_per: lead`` once per lead): that cap's window is then not needed."""
+        if group.source != "lead" and any(r.once_per != "lead" for r in rules):
+            return True
+        return sum(max(r.points, 0.0) for r in rules) > cap
+
+    def capped_groups(self) -> list[Group]:
+        """The groups whose cap may bind (a window over the group's items is needed)."""
+        return [g for g in self.rules.groups if g.cap is not None and self._may_exceed(g, g.rules, g.cap)]
+
+    def select(self, scope: Scope, *extra: Any, caps: bool = True) -> Any:
         """The ledger rows (lead_id, group_name, rule_name, source_entity, source_id, at, points,
-        effective, note, then ``extra`` columns) for the leads in ``scope``.
+        effective, note, then ``extra`` columns) for the leads in ``scope``; with ``caps=False``
+        without the groups' caps and ``max_score`` (see :func:`recompute`).
 
-        Each step is a CTE rather than a nested subquery (SQLite's parser has a small stack), works
-        on small values (integers for rules and groups, epoch seconds for times) and runs its window
-        only over the rows it concerns (rules with ``once_per``, rules and groups with caps): window
-        functions sort, and sorting is what a recompute of millions of items spends its time on.
+        Each source table is read once for all the groups on it (:meth:`_source`); each rule then
+        takes its rows from that read. An item's value goes through, in order, ``once_per`` and the
+        rule's cap (windows over the rule's rows only), the group's cap (over the group's rows) and
+        ``max_score`` (over all), each only where the rules ask for it: window functions sort, and
+        sorting is what a recompute of millions of items spends its time on. Items carry few, small
+        values (rule number, epoch seconds, the value so far and a note code: names, points and
+        texts are filled in at the end), and every step is a CTE rather than a nested subquery
+        (SQLite's parser has a small stack).
         """
         groups = self.rules.groups
-        # seq: the rule's position in the file, so items of the same time fill caps in file order
-        parts = [self._part(g, r, scope, gi, gi * 1000 + ri)
-                 for gi, g in enumerate(groups) for ri, r in enumerate(g.rules)]
-        raw = sa.union_all(*parts).cte("raw") if len(parts) > 1 else parts[0].cte("raw")
-        rules = [r for g in groups for r in g.rules]
-        base = ["lead_id", "seq", "grp", "src", "source_id", "t", "points", "v0"]
-
-        def order(src: Any) -> list[Any]:
-            return [src.c.t, src.c.src, src.c.source_id, src.c.seq]
-
-        def stage(src: Any, carry: list[str], value: str, out: str, needed: Any, partition: Callable,
-                  compute: Callable, split: bool) -> Any:
-            """``out`` = ``compute(windowed rows)`` where ``needed``, else ``value`` (a copy)."""
-            inner = (sa.select(*[src.c[n] for n in carry], *partition(src))
-                     .where(needed if split else sa.true()).cte(out + "_in"))
-            done = sa.select(*[inner.c[n] for n in carry], compute(inner).label(out))
-            if not split:
-                return done.cte(out)
-            rest = sa.select(*[src.c[n] for n in carry], src.c[value].label(out)).where(~needed)
-            return sa.union_all(done, rest).cte(out)
-
-        def cap_stage(src: Any, carry: list[str], value: str, out: str, cap: Callable, keys: Callable,
-                      split: bool) -> Any:
-            def window(s: Any) -> list[Any]:
-                run = sa.func.sum(s.c[value]).over(partition_by=keys(s), order_by=order(s), rows=(None, 0))
-                return [run.label("run")]
-
-            def limited(s: Any) -> Any:
-                val, before, capv = s.c[value], s.c.run - s.c[value], cap(s)
-                return sa.case((capv.is_(None) | (val <= 0), val), (before >= capv, 0.0),
-                               (before + val > capv, capv - before), else_=val)
-
-            needed = cap(src).is_not(None) if split else sa.true()
-            return stage(src, carry, value, out, needed, window, limited, split)
-
-        # 1. once_per: only the first item of each period of a rule counts
-        carry = base + ["rule_cap", "group_cap"]
-        if any(r.once_per for r in rules):
-            def numbered(s: Any) -> list[Any]:
-                return [sa.func.row_number().over(partition_by=[s.c.lead_id, s.c.seq, s.c.bucket],
-                                                  order_by=order(s)).label("rn")]
-
-            cur = stage(raw, carry, "v0", "v1", raw.c.bucket.is_not(None), numbered,
-                        lambda s: sa.case((s.c.rn == 1, s.c.v0), else_=0.0), split=True)
-        else:
-            cur = sa.select(*[raw.c[n] for n in carry], raw.c.v0.label("v1")).cte("v1")
-        carry = carry + ["v1"]
-        # 2. the rule's cap, 3. the group's cap, 4. max_score
-        if any(r.cap for r in rules):
-            cur = cap_stage(cur, carry, "v1", "v2", lambda s: s.c.rule_cap, lambda s: [s.c.lead_id, s.c.seq], True)
-        else:
-            cur = sa.select(*[cur.c[n] for n in carry], cur.c.v1.label("v2")).cte("v2")
-        carry = carry + ["v2"]
-        if any(g.cap for g in groups):
-            cur = cap_stage(cur, carry, "v2", "v3", lambda s: s.c.group_cap, lambda s: [s.c.lead_id, s.c.grp], True)
-        else:
-            cur = sa.select(*[cur.c[n] for n in carry], cur.c.v2.label("v3")).cte("v3")
-        carry = carry + ["v3"]
-        if self.rules.max_score is not None:
-            total = _f(self.rules.max_score)
-            cur = cap_stage(cur, carry, "v3", "v4", lambda s: total, lambda s: [s.c.lead_id], False)
-        else:
-            cur = sa.select(*[cur.c[n] for n in carry], cur.c.v3.label("v4")).cte("v4")
-        note = sa.case(
-            ((cur.c.v1 != cur.c.v0), "once_per"),
-            ((cur.c.v2 != cur.c.v1), "rule_cap"),
-            ((cur.c.v3 != cur.c.v2), "group_cap"),
-            ((cur.c.v4 != cur.c.v3), "max_score"),
-            ((cur.c.v0 != cur.c.points), "decayed"),
-            else_=sa.null(),
-        )
-        seqs = [(gi * 1000 + ri, g.name, r.name) for gi, g in enumerate(groups) for ri, r in enumerate(g.rules)]
-        group_name = sa.case(*[(cur.c.grp == gi, g.name) for gi, g in enumerate(groups)], else_=sa.null())
-        rule_name = sa.case(*[(cur.c.seq == seq, rname) for seq, _g, rname in seqs], else_=sa.null())
-        source = sa.case((cur.c.src == 0, LEAD), (cur.c.src == 1, ACTIVITY), else_="event")
+        keys: dict[tuple, list[tuple[int, Group]]] = {}
+        for gi, g in enumerate(groups):
+            keys.setdefault(self._key(g), []).append((gi, g))
+        sources = {key: self._source(key, members, scope, n) for n, (key, members) in enumerate(keys.items())}
+        srcno = {LEAD: 0, ACTIVITY: 1, "event": 2}
+        parts = []
+        capped = self.capped_groups()
+        for gi, g in enumerate(groups):
+            src = sources[self._key(g)]
+            # seq: the rule's position in the file, so items of the same time fill caps in file order
+            rules = [self._rule(src, g, r, gi * 1000 + ri, srcno[g.source]) for ri, r in enumerate(g.rules)]
+            if not caps or g not in capped:
+                parts += rules  # (flat: SQLite has no parenthesised compound SELECTs)
+                continue
+            cur = (sa.union_all(*rules) if len(rules) > 1 else rules[0]).cte(f"g{gi}")
+            run = sa.func.sum(cur.c.v).over(partition_by=[cur.c.lead_id],
+                                            order_by=[cur.c.t, cur.c.source_id, cur.c.seq], rows=(None, 0))
+            cur = sa.select(*[cur.c[n] for n in ITEM], run.label("run")).cte(f"g{gi}_run")
+            parts.append(sa.select(*[cur.c[n] for n in ITEM[:-2]],
+                                   *self._capped(cur, cur.c.run, g.cap, NOTE_CODES["group_cap"])))
+        cur = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).cte("items")
+        if caps and self.rules.max_score is not None:
+            run = sa.func.sum(cur.c.v).over(partition_by=[cur.c.lead_id],
+                                            order_by=[cur.c.t, cur.c.src, cur.c.source_id, cur.c.seq], rows=(None, 0))
+            cur = sa.select(*[cur.c[n] for n in ITEM], run.label("run")).cte("total_run")
+            cur = sa.select(*[cur.c[n] for n in ITEM[:-2]],
+                            *self._capped(cur, cur.c.run, self.rules.max_score, NOTE_CODES["max_score"])).cte("total")
+        # "CASE x WHEN ...": x is read once per row, not once per branch
+        rules = {gi * 1000 + ri: (g, r) for gi, g in enumerate(groups) for ri, r in enumerate(g.rules)}
+        group_name = sa.case({seq: g.name for seq, (g, _r) in rules.items()}, value=cur.c.seq, else_=sa.null())
+        rule_name = sa.case({seq: r.name for seq, (_g, r) in rules.items()}, value=cur.c.seq, else_=sa.null())
+        points = sa.case({seq: _f(r.points) for seq, (_g, r) in rules.items()}, value=cur.c.seq, else_=sa.null())
+        note = sa.case({code: text for text, code in NOTE_CODES.items()}, value=cur.c.note, else_=sa.null())
+        source = sa.case({0: LEAD, 1: ACTIVITY}, value=cur.c.src, else_="event")
         return sa.select(
             cur.c.lead_id, group_name.label("group_name"), rule_name.label("rule_name"),
             source.label("source_entity"), cur.c.source_id, from_epoch(cur.c.t).label("at"),
-            cur.c.points, cur.c.v4.label("effective"), note.label("note"), *extra,
+            sa.cast(points, sa.Float).label("points"), cur.c.v.label("effective"), note.label("note"), *extra,
         )
+
 
     # -- score ----------------------------------------------------------------------------------
     def score_values(self) -> dict[str, Any]:
@@ -394,20 +424,62 @@ def recompute(crm: CRM, conn: sa.Connection, rules: ScoringRules, scope: Scope, 
 
     Runs in ``conn``'s transaction (the caller commits). Threshold *actions* run after the commit
     (:func:`plugins_contrib.lead_scoring.actions.run_pending`).
+
+    For many leads at once (a chunk of a full recompute) the ledger is first written without the
+    groups' caps and ``max_score``: their windows are the largest sorts of the pipeline, yet a cap
+    changes nothing for a lead whose positive points under it add up to at most the cap (each item
+    then fits below it). One pass over the ledger's lead index (no sort) finds the leads above a
+    cap, and only they are written again with every cap: the result is the same as with the
+    whole pipeline at once.
     """
     pipe = Pipeline(crm, rules, now)
     ledger = crm.system_tables[LEDGER]
-    conn.execute(sa.delete(ledger).where(scope.on(ledger.c.lead_id)))
     cols = ["lead_id", "group_name", "rule_name", "source_entity", "source_id", "at", "points", "effective", "note",
             "computed_at"]
-    items = pipe.select(scope, sa.literal(pipe.now, ledger.c.computed_at.type).label("computed_at"))
-    conn.execute(sa.insert(ledger).from_select(cols, items))
+    computed_at = sa.literal(pipe.now, ledger.c.computed_at.type).label("computed_at")
+
+    def write(where: Scope, caps: bool) -> None:
+        conn.execute(sa.delete(ledger).where(where.on(ledger.c.lead_id)))
+        conn.execute(sa.insert(ledger).from_select(cols, pipe.select(where, computed_at, caps=caps)))
+
+    capped = [(g.cap, ledger.c.group_name == g.name) for g in pipe.capped_groups()]
+    if rules.max_score is not None:
+        capped.append((rules.max_score, sa.true()))
+    if not capped or (scope.ids is not None and len(scope.ids) <= SMALL_SCOPE):
+        write(scope, True)
+    else:
+        write(scope, False)
+        over = [r[0] for r in conn.execute(
+            sa.select(ledger.c.lead_id).where(scope.on(ledger.c.lead_id)).group_by(ledger.c.lead_id)
+            .having(sa.or_(*[_positive(ledger, which) > _below(cap) for cap, which in capped]))
+        )]
+        if len(over) * 2 > scope.size:  # (caps that most leads reach) the whole scope again, at once
+            write(scope, True)
+        else:
+            for start in range(0, len(over), REDO_IDS):
+                write(Scope(ids=over[start:start + REDO_IDS]), True)
     lead = pipe.lead
     conn.execute(sa.update(lead).where(scope.on(lead.c.id)).values(pipe.score_values()))
     grades = pipe.grade_values()
     if grades:  # a second, cheap UPDATE: in the first, each CASE branch would re-run the sum
         conn.execute(sa.update(lead).where(scope.on(lead.c.id)).values(grades))
     record_thresholds(crm, conn, rules, scope, pipe.now)
+
+
+SMALL_SCOPE = 100
+"""Up to this many leads (a save, a batch of reminders), the whole pipeline runs at once."""
+REDO_IDS = 500
+"""Leads above a cap are written again this many at a time (bound parameters of one statement)."""
+
+
+def _positive(ledger: sa.Table, which: Any) -> Any:
+    """The sum of a lead's positive ledger points (those ``which`` selects)."""
+    return sa.func.sum(sa.case((which & (ledger.c.effective > 0), ledger.c.effective), else_=0.0))
+
+
+def _below(cap: float) -> float:
+    # a margin, so that sums rounded differently than the pipeline's running sums never hide a lead
+    return cap - 1e-6 * max(1.0, abs(cap))
 
 
 def record_thresholds(crm: CRM, conn: sa.Connection, rules: ScoringRules, scope: Scope, now: dt.datetime) -> None:
