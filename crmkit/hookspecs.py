@@ -176,6 +176,32 @@ def after_save(
 
 
 @hookspec
+def before_create_many(crm: Any, entity: Any, records: list[dict[str, Any]], conn: Any, actor: Any) -> None:
+    """Bulk creates (imports): change a batch of validated new records in place before they are written.
+
+    ``Tx.create_many`` calls it once per batch *instead of* this plugin's ``before_save`` for
+    those records, so a plugin can do set-based work (one query for the whole batch). Keep
+    implementing ``before_save`` too: single saves, and a batch redone row by row after an
+    error, still call it. Raising rolls the batch back (it is then redone row by row).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def after_create_many(crm: Any, entity: Any, records: list[dict[str, Any]], conn: Any, actor: Any) -> None:
+    """Bulk creates (imports): a batch of records was written (each with its ``id``), same transaction.
+
+    Called once per batch *instead of* this plugin's ``after_save`` for those records: write
+    related rows for the whole batch at once (one ``executemany``). The created rows are not
+    read back afterwards, so change them in ``before_create_many``, not here. Keep implementing
+    ``after_save`` for single saves and for batches redone row by row. Raising rolls the batch back.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
 def before_delete(crm: Any, entity: Any, record: dict[str, Any], conn: Any, actor: Any) -> None:
     """Called before a record is deleted, inside the transaction; raise to refuse the delete.
 
@@ -337,6 +363,8 @@ def register_job_handlers(crm: Any) -> dict[str, Any] | None:
     decorated with :func:`crmkit.core.jobs.own_transactions` gets ``conn=None`` and commits its own
     work (``crm.records.create(...)`` works there); it must then be idempotent, because a worker
     that dies mid-run leaves the job to be run again after its lease.
+    ``own_transactions(batch=True)`` handlers get the list of a claimed batch's payloads in one
+    call and return, per job, None or the exception it ended with.
 
     .. versionadded:: 0.1
     """

@@ -172,3 +172,34 @@ def test_cli_export(cli, db_url, project, tmp_path):
     bad = cli("export", "lead", "--filter", "{nope")
     assert bad.returncode != 0 and "not JSON" in bad.stderr
     assert Path(out).exists()
+
+
+def test_datetimes_in_the_zone_asked_for_including_repeated_and_far_past_values(crm, tmp_path):
+    """Consecutive rows sharing a timestamp (bulk-created data) and years before 1000 format
+    exactly like one strftime per cell would."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    stamps = ["2024-01-02T00:00:00+00:00", "2024-01-02T09:00:00+09:00", "2024-01-02T00:00:00+00:00",
+              "2024-06-30T23:59:59+00:00", None, "0999-03-04T05:06:07+00:00"]
+    for i, stamp in enumerate(stamps):
+        crm.records.create("lead", {"last_name": f"L{i}", "email_opt_out_at": stamp}, actor=SYSTEM)
+    tokyo = ZoneInfo("Asia/Tokyo")
+    out = tmp_path / "dt.csv"
+    export_file(crm, "lead", out, actor=SYSTEM, columns=["last_name", "email_opt_out_at", "created_at"],
+                sort="id", tz=tokyo)
+    rows = read_csv(out.read_bytes())[1:]
+    expected = [
+        "" if s is None else dt.datetime.fromisoformat(s).astimezone(tokyo).strftime("%Y-%m-%d %H:%M:%S")
+        for s in stamps
+    ]
+    assert [r[1] for r in rows] == expected
+    assert expected[:3] == ["2024-01-02 09:00:00"] * 3 and expected[3] == "2024-07-01 08:59:59"
+    created = [dt.datetime.strptime(r[2], "%Y-%m-%d %H:%M:%S") for r in rows]
+    assert all(abs(c - dt.datetime.now(tokyo).replace(tzinfo=None)) < dt.timedelta(hours=1) for c in created)
+    data = io.BytesIO()
+    export_file(crm, "lead", data, actor=SYSTEM, format="xlsx", columns=["last_name", "email_opt_out_at"],
+                sort="id", tz=tokyo)
+    cells = [row[1] for row in load_workbook(io.BytesIO(data.getvalue())).active.iter_rows(min_row=2, values_only=True)]
+    assert cells[:4] == [dt.datetime(2024, 1, 2, 9, 0), dt.datetime(2024, 1, 2, 9, 0), dt.datetime(2024, 1, 2, 9, 0),
+                         dt.datetime(2024, 7, 1, 8, 59, 59)] and cells[4] is None

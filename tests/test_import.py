@@ -371,6 +371,125 @@ def test_a_hook_failing_after_the_insert_costs_only_its_row(crm):
     assert ids == {r["id"] for r in leads(crm)}  # no audit rows of the rolled-back record
 
 
+def test_batch_hooks_replace_the_per_record_hooks_of_their_plugin_in_imports(crm, tmp_path):
+    """before/after_create_many run once per batch instead of that plugin's before/after_save;
+    plugins with only the per-record hooks still get one call per row; a failing batch hook
+    costs nothing but the fast path (the batch is redone row by row through the per-record hooks)."""
+    calls: list[tuple[str, int | str]] = []
+
+    class Batch:
+        @hookimpl
+        def before_save(self, crm, entity, record, old, conn, actor):
+            if entity.name == "lead":
+                calls.append(("before_save", record["last_name"]))
+                record["company"] = f"{record.get('company') or ''} checked"
+
+        @hookimpl
+        def before_create_many(self, crm, entity, records, conn, actor):
+            if entity.name == "lead":
+                calls.append(("before_create_many", len(records)))
+                for record in records:
+                    record["company"] = f"{record.get('company') or ''} checked"
+
+        @hookimpl
+        def after_save(self, crm, entity, record, old, conn, actor):
+            if entity.name == "lead":
+                calls.append(("after_save", record["last_name"]))
+
+        @hookimpl
+        def after_create_many(self, crm, entity, records, conn, actor):
+            if entity.name == "lead":
+                assert all(isinstance(r["id"], int) for r in records)
+                if any(r["last_name"] == "Boom" for r in records):
+                    raise RuntimeError("batch service down")
+                calls.append(("after_create_many", len(records)))
+
+    class RowOnly:
+        @hookimpl
+        def after_save(self, crm, entity, record, old, conn, actor):
+            if entity.name == "lead":
+                calls.append(("row_only", record["last_name"]))
+
+    crm.pm.register(Batch())
+    crm.pm.register(RowOnly())
+    path = write_csv(tmp_path / "b.csv", [["last_name", "company", "phone"]] + [
+        [f"L{i}", f"Co{i}", f"03-1111-{i:04d}"] for i in range(5)], "utf-8")
+    result = import_file(crm, "lead", path, actor=SYSTEM, batch_size=2)
+    assert (result.created, result.failed) == (5, 0)
+    assert [c for c in calls if c[0] != "row_only"] == [
+        ("before_create_many", 2), ("after_create_many", 2), ("before_create_many", 2),
+        ("after_create_many", 2), ("before_create_many", 1), ("after_create_many", 1)]
+    assert [c[1] for c in calls if c[0] == "row_only"] == [f"L{i}" for i in range(5)]
+    # the batch hook's change went through the derived values: the search text has it
+    found = crm.records.list("lead", actor=SYSTEM, q="Co3 checked").items
+    assert [r["last_name"] for r in found] == ["L3"]
+    # the built-in duplicates plugin writes the keys of a batch through its batch hook
+    keys = crm.system_tables["duplicates_key"]
+    with crm.engine.connect() as conn:
+        keyed = set(conn.execute(sa.select(keys.c.record_id).where(keys.c.entity == "lead")).scalars())
+    assert keyed == {r["id"] for r in leads(crm)}
+
+    calls.clear()
+    path = write_csv(tmp_path / "c.csv", [["last_name"], ["Boom"], ["Fine"]], "utf-8")
+    result = import_file(crm, "lead", path, actor=SYSTEM, batch_size=10)
+    assert (result.created, result.failed) == (2, 0)
+    assert [c for c in calls if c[0] != "row_only"] == [
+        ("before_create_many", 2), ("before_save", "Boom"), ("after_save", "Boom"),
+        ("before_save", "Fine"), ("after_save", "Fine")]
+
+
+def _reference_search_text(values):
+    """search_text as first written (before its per-value cache), from the public folding functions."""
+    from collections.abc import Mapping
+
+    from crmkit.core.text import COMPANY_FORM_MAX, SEPARATOR, normalize_company, normalize_search
+
+    def flatten(items):
+        for value in items:
+            if value is None or value == "" or isinstance(value, bool):
+                continue
+            if isinstance(value, Mapping):
+                yield from flatten(value.values())
+            elif isinstance(value, list | tuple | set | frozenset):
+                yield from flatten(value)
+            else:
+                yield str(value)
+
+    parts, seen = [], set()
+    for raw in flatten(values):
+        folded = normalize_search(raw)
+        if not folded:
+            continue
+        company = normalize_company(raw) if len(folded) <= COMPANY_FORM_MAX else ""
+        for form in (folded, company):
+            if form and form not in seen:
+                seen.add(form)
+                parts.append(form)
+    return SEPARATOR.join(parts)
+
+
+def test_fast_search_text_is_identical_to_the_reference_on_tricky_input():
+    import decimal
+
+    from crmkit.core.text import search_text
+
+    tricky = [
+        "株式会社テスト", "ﾃｽﾄ㈱", "（株）テスト", "テスト ㈱", "ACME Inc.", "Acme, Inc", "acme", "Incredible Cohen",
+        "ＡＢＣ１２３", "03ー1234−5678", "03-1234-5678", "コーヒー", "コ−ヒ−", "ｺｰﾋｰ", "カタカナ", "かたかな",
+        "  spaced\tout\u3000全角　空白  ", "株式会社", "(株)", "Inc.", "髙橋①", "ヴァイオリン", "ヽヾゝゞ", "〜～〰",
+        "Straße", "ǅemal", "İstanbul", "K\u212a", "-", "ー", "a" * 199 + "株式会社", "メモ " * 120, "", " ",
+        "Co., Ltd.", "テストCo.,Ltd.", "一般社団法人さくら", "合同会社さくら5", "user1@Example.CO.JP", "\u001f",
+    ]
+    cases = [[t] for t in tricky] + [
+        tricky, tricky[::-1], [None, True, False, 0, 12, decimal.Decimal("1.50"), dt.date(2024, 1, 2)],
+        [{"postal_code": "１００-０００１", "prefecture": "東京都", "city": None}, ["Ａ", "a", ("ｶ", "カ")]],
+        [["new", "New", "新規"], "新規", "ACME Inc.", "acme"],
+    ]
+    for _ in range(2):  # the second round answers from the cache
+        for values in cases:
+            assert search_text(values) == _reference_search_text(values), values
+
+
 # ---------------------------------------------------------------------------------------------
 # Journal and undo
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from crmkit.core import compute, conditions, permissions, text
-from crmkit.core.audit import changes, encode
+from crmkit.core.audit import encode
 from crmkit.core.errors import CRMError, ValidationError
 from crmkit.core.events import Event
 from crmkit.core.fieldtypes import InvalidValue
@@ -68,13 +68,95 @@ class _Plan:
         self.computed = [(f, crm.field_types[f.type].coerce) for f in self.user_fields if f.compute]
         self.search_paths = ent.search_paths if SEARCH_COLUMN in self.table.c else ()
         self.unique = [f for f in self.visible_fields if f.unique]
-        self.checks = [(f, f.required, f.required_if, bool(f.compute)) for f in self.visible_fields]
+        # only the fields _validate can say something about (the others would just be skipped per row)
+        self.checks = [(f, f.required, _parsed(f.required_if, ent, store.catalog), bool(f.compute))
+                       for f in self.visible_fields
+                       if f.required or f.required_if is not None or f.type in ("reference", "references")]
+        self.search_getters = [_search_getter(store.catalog, ent, path) for path in self.search_paths]
         self.audit_names = [f.name for f in self.user_fields if f.type != "password"] + ["owner", "team"]
         hook = crm.pm.hook
         self.validate_hooks = bool(hook.validate_record.get_hookimpls())
-        self.before_hooks = bool(hook.before_save.get_hookimpls())
-        self.after_hooks = bool(hook.after_save.get_hookimpls())
+        # per-record hooks only for plugins without the batch version (which replaces them here)
+        self.before_rows = _RowHook(crm, "before_save", "before_create_many")
+        self.after_rows = _RowHook(crm, "after_save", "after_create_many")
+        self.before_batch = _RowHook(crm, "before_create_many")
+        self.after_batch = _RowHook(crm, "after_create_many")
         self.create_scope = permissions.scope(ent, actor, "create") if ent.ownable and not actor.system else "all"
+        self.coercers = self._coercers(crm, ent, actor)
+
+    def _coercers(self, crm: Any, ent: Entity, actor: Actor) -> dict[str, tuple[str, Any, Any]]:
+        """RecordStore._coerce decided once per field: ``name -> (verdict, field, coerce)``."""
+        from crmkit.core.records import SYSTEM_WRITABLE
+
+        out: dict[str, tuple[str, Any, Any]] = {}
+        for name in ("id", "version", "created_at", "updated_at", "created_by", SEARCH_COLUMN):
+            out[name] = ("skip", None, None)
+        for name, f in ent.fields.items():
+            if name in out:
+                continue
+            if f.system and name not in SYSTEM_WRITABLE:
+                out[name] = ("skip", f, None)
+            elif self.access.get(name, "write") not in ("write", "write-only"):
+                out[name] = ("denied", f, None)
+            elif (f.compute or f.spec.get("readonly")) and not actor.system:
+                out[name] = ("readonly", f, None)
+            else:
+                out[name] = ("ok", f, crm.field_types[f.type].coerce)
+        return out
+
+    def coerce(self, values: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        """Exactly ``RecordStore._coerce(..., creating=True)`` (same values, same messages)."""
+        out: dict[str, Any] = {}
+        errors: list[dict[str, str]] = []
+        coercers = self.coercers
+        for name, value in values.items():
+            spec = coercers.get(name)
+            if spec is None:
+                errors.append({"field": name, "message": f"unknown field of {self.ent.name}"})
+                continue
+            verdict, f, coerce = spec
+            if verdict == "ok":
+                try:
+                    out[name] = coerce(f, value)
+                except InvalidValue as exc:
+                    errors.append({"field": name, "message": str(exc)})
+                except (TypeError, ValueError, ArithmeticError) as exc:  # a type's bug must not be a 500
+                    errors.append({"field": name, "message": f"invalid value ({exc})"})
+            elif verdict == "denied":
+                errors.append({"field": name, "message": "you may not change this field"})
+            elif verdict == "readonly":
+                errors.append({"field": name, "message": "this field is read-only"})
+        return out, errors
+
+
+class _RowHook:
+    """The implementations of one record hook, looked up once per bulk call instead of once per row.
+
+    ``without`` names the batch version of the hook: plugins implementing it get that call
+    instead, once per batch. Errors name the plugin (:class:`PluginError`), like ``call_each``.
+    """
+
+    def __init__(self, crm: Any, name: str, without: str | None = None):
+        pm = crm.pm
+        skip = {i.plugin_name for i in getattr(pm.hook, without).get_hookimpls()} if without else set()
+        self.name = name
+        self.impls = [
+            (impl.plugin_name, impl.function, impl.argnames)
+            for impl in reversed(getattr(pm.hook, name).get_hookimpls())
+            if not (impl.hookwrapper or getattr(impl, "wrapper", False)) and impl.plugin_name not in skip
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self.impls)
+
+    def __call__(self, **kwargs: Any) -> None:
+        for plugin, function, argnames in self.impls:
+            try:
+                function(**{k: kwargs[k] for k in argnames if k in kwargs})
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(plugin, self.name, exc) from exc
 
 
 class _Fetch:
@@ -173,7 +255,7 @@ def _fast(tx: Tx, plan: _Plan, rows: Sequence[Mapping[str, Any]], present: bool)
 
     # 1. coerce, defaults, owner/team (RecordStore._create, per row: pure Python)
     for i, values in enumerate(rows):
-        coerced, errs = store._coerce(ent, values, actor, plan.access, creating=True)
+        coerced, errs = plan.coerce(values)
         record: dict[str, Any] = {}
         for f in plan.user_fields:
             if f.name in coerced:
@@ -219,14 +301,16 @@ def _fast(tx: Tx, plan: _Plan, rows: Sequence[Mapping[str, Any]], present: bool)
             if record.get(f.name) not in (None, "", []):
                 taken[f.name].add(record[f.name])
 
-    # 4. before_save, then the derived values again (hooks may have changed their inputs)
-    if plan.before_hooks:
-        changed = []
-        for record in records.values():
-            before = dict(record)
-            store._run_hooks("before_save", entity=ent, record=record, old=None, conn=conn, actor=actor)
-            if record != before:  # the derived values are a function of the others: redo only if needed
-                changed.append(record)
+    # 4. before_save (before_create_many for plugins with the batch hook), then the derived
+    # values again where a hook changed a record (they are a function of the other values)
+    if (plan.before_rows or plan.before_batch) and records:
+        originals = {i: dict(record) for i, record in records.items()}
+        if plan.before_rows:
+            for record in records.values():
+                plan.before_rows(crm=store.crm, entity=ent, record=record, old=None, conn=conn, actor=actor)
+        if plan.before_batch:
+            plan.before_batch(crm=store.crm, entity=ent, records=list(records.values()), conn=conn, actor=actor)
+        changed = [record for i, record in records.items() if record != originals[i]]
         _prefetch(plan, fetch, changed)
         for record in changed:
             _finish(plan, record, fetch)
@@ -262,13 +346,16 @@ def _fast(tx: Tx, plan: _Plan, rows: Sequence[Mapping[str, Any]], present: bool)
             for f in plan.many:
                 row[f.name] = [dict(item) for item in records[i].get(f.name) or []]
 
-    # 6. after_save, then what the hooks left in the table
-    if plan.after_hooks:
+    # 6. after_save, then what the hooks left in the table; after_create_many once (it may not
+    # change the created rows, so nothing is read back for it)
+    if plan.after_rows:
         for i in order:
-            store._run_hooks("after_save", entity=ent, record=stored[i], old=None, conn=conn, actor=actor)
+            plan.after_rows(crm=store.crm, entity=ent, record=stored[i], old=None, conn=conn, actor=actor)
         fresh = _read_back(store, conn, ent, ids)
         for i, new_id in zip(order, ids, strict=True):
             stored[i] = fresh.get(new_id, stored[i])
+    if plan.after_batch:
+        plan.after_batch(crm=store.crm, entity=ent, records=[stored[i] for i in order], conn=conn, actor=actor)
 
     # 7. audit (one executemany) and events
     if ent.audit:
@@ -307,7 +394,6 @@ def _prefetch(plan: _Plan, fetch: _Fetch, records: Iterable[dict[str, Any]]) -> 
 
 def _finish(plan: _Plan, record: dict[str, Any], fetch: _Fetch) -> None:
     """Computed fields and the search text (RecordStore._finish_values)."""
-    from crmkit.core.records import _path_value
 
     for f, coerce in plan.computed:
         value = compute.evaluate(f.compute, record)
@@ -317,10 +403,48 @@ def _finish(plan: _Plan, record: dict[str, Any], fetch: _Fetch) -> None:
             record[f.name] = None
     if plan.search_paths:
         values: list[Any] = []
-        for path in plan.search_paths:
-            value = _path_value(plan.store.catalog, plan.ent, record, path, fetch)
-            values.extend(value if isinstance(value, list) else [value])
+        for getter in plan.search_getters:
+            value = getter(record, fetch)
+            if isinstance(value, list):
+                values.extend(value)
+            else:
+                values.append(value)
         record[SEARCH_COLUMN] = text.search_text(values)
+
+
+def _parsed(condition: Any, ent: Entity, catalog: Any) -> Any:
+    """A required_if condition parsed once per bulk call (an invalid one fails per row, as before)."""
+    if condition is None:
+        return None
+    try:
+        return conditions.parse(condition, ent, catalog)
+    except conditions.ConditionError:
+        return condition
+
+
+def _search_getter(catalog: Any, ent: Entity, path: str) -> Any:
+    """``(record, fetch) -> value`` of one search path, like ``records._path_value``.
+
+    A path on the record's own fields needs no walking; an enum's value and labels are
+    worked out once per option instead of once per row.
+    """
+    from crmkit.core.records import _path_value
+
+    if "." not in path:
+        f = ent.fields[path]
+        if f.type == "enum":
+            forms = {o.value: [o.value, *o.label.values()] for o in f.options}
+
+            def enum_value(record: Mapping[str, Any], fetch: Any) -> Any:
+                value = record.get(path)
+                if value is None:
+                    return None
+                found = forms.get(value)
+                return list(found) if found is not None else [value]
+
+            return enum_value
+        return lambda record, fetch: record.get(path)
+    return lambda record, fetch: _path_value(catalog, ent, record, path, fetch)
 
 
 def _validate(plan: _Plan, record: dict[str, Any], fetch: _Fetch, params: dict[str, Any]) -> list[dict[str, str]]:
@@ -389,19 +513,30 @@ def _audit(tx: Tx, plan: _Plan, stored: list[dict[str, Any]], now: Any) -> None:
     actor = plan.actor
     base = {"entity": plan.ent.name, "actor_id": actor.id, "actor_name": actor.display_name or actor.username,
             "source": tx.source, "at": now}
-    rows = []
+    # One row per initial value, like RecordStore._audit, so the record's history lists what the
+    # import set (changes(None, record) is "every value whose encoding is not None"). Built as
+    # ready tuples: the constant columns are bound once per batch, not once per row.
+    table = tx.store.audit_table
+    columns = ["entity", "record_id", "action", "field", "old_value", "new_value", "actor_id", "actor_name",
+               "source", "at"]
+    insert = _RawInsert(tx.conn, table, columns)
+    ent_name, actor_id, actor_name, source, at = (insert.bind(c, base[c]) for c in
+                                                  ("entity", "actor_id", "actor_name", "source", "at"))
+    names = plan.audit_names
+    params: list[tuple[Any, ...]] = []
+    append = params.append
     for record in stored:
-        names = [n for n in plan.audit_names if n in record]
-        before = len(rows)
-        for name, old, new in changes(None, record, names):
-            rows.append({**base, "record_id": record["id"], "action": "create", "field": name,
-                         "old_value": encode(old), "new_value": encode(new)})
-        if len(rows) == before:
-            rows.append({**base, "record_id": record["id"], "action": "create", "field": None,
-                         "old_value": None, "new_value": None})
-    if rows:
-        table = tx.store.audit_table
-        _RawInsert(tx.conn, table, [c.name for c in table.c if c.name != "id"]).run(rows)
+        record_id = record["id"]
+        before = len(params)
+        for name in names:
+            value = record.get(name)
+            if value is None:
+                continue
+            append((ent_name, record_id, "create", name, None, value if type(value) is str else encode(value),
+                    actor_id, actor_name, source, at))
+        if len(params) == before:
+            append((ent_name, record_id, "create", None, None, None, actor_id, actor_name, source, at))
+    insert.run_tuples(params)
 
 
 @contextmanager
@@ -479,11 +614,16 @@ class _RawInsert:
         )
 
     def run(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` (dicts keyed by column name; missing keys are NULL)."""
+        columns = self.columns
+        self.run_values([[row.get(c) for c in columns] for row in rows])
+
+    def run_values(self, rows: list[list[Any]]) -> None:
+        """Insert ``rows`` given as lists of values in ``columns`` order (changed in place)."""
         params = []
         procs = self.processors
         last: dict[int, tuple[Any, Any]] = {}  # column -> (input, output): timestamps repeat row after row
-        for row in rows:
-            values = [row.get(c) for c in self.columns]
+        for values in rows:
             for i, proc in procs:
                 value = values[i]
                 if value is None:
@@ -495,6 +635,18 @@ class _RawInsert:
                     values[i] = out = proc(value)
                     last[i] = (value, out)
             params.append(tuple(values))
+        self.run_tuples(params)
+
+    def bind(self, column: str, value: Any) -> Any:
+        """``value`` as the driver gets it for ``column`` (its type's bind processing)."""
+        i = self.columns.index(column)
+        for j, proc in self.processors:
+            if j == i and value is not None:
+                return proc(value)
+        return value
+
+    def run_tuples(self, params: list[tuple[Any, ...]]) -> None:
+        """Insert rows already bound for the driver (see :meth:`bind`), in ``columns`` order."""
         if not params:
             return
         if self.conn.dialect.name == "postgresql" and self.conn.dialect.driver == "psycopg":

@@ -279,6 +279,14 @@ class Keys:
             # the driver's executemany directly: this runs once per saved record, imports included
             conn.exec_driver_sql(self._sql(conn), rows if len(rows) > 1 else rows[0])
 
+    def write_many(self, conn: sa.Connection, entity: str, records: list[Mapping[str, Any]]) -> None:
+        """Store the keys of many new records with one executemany (bulk creates, imports)."""
+        if not self.rules.get(entity):
+            return
+        rows = [(entity, r["id"], rule, key) for r in records for rule, key in self.keys_of(entity, r)]
+        if rows:
+            conn.exec_driver_sql(self._sql(conn), rows)
+
     def _sql(self, conn: sa.Connection) -> str:
         if self._insert_sql is None:
             mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"

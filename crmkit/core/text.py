@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 
 #: Between the values of a search text. The unit separator counts as whitespace for str.split,
 #: so a normalised query can never contain it and cannot match across two values.
@@ -95,6 +96,10 @@ def _company_key(folded: str) -> str:
 
 def _flatten(values: Iterable[object]) -> Iterable[str]:
     for value in values:
+        if type(value) is str:  # the common case first
+            if value:
+                yield value
+            continue
         if value is None or value == "" or isinstance(value, bool):
             continue  # booleans would only add "true"/"false" noise to every record
         if isinstance(value, Mapping):  # address JSON and the like: its values
@@ -116,15 +121,24 @@ def search_text(values: Iterable[object]) -> str:
     parts: list[str] = []
     seen: set[str] = set()
     for raw in _flatten(values):
-        folded = normalize_search(raw)
-        if not folded:
-            continue
-        company = _company_key(folded) if len(folded) <= COMPANY_FORM_MAX else ""
-        for form in (folded, company):
-            if form and form not in seen:
+        # Short values (names, enum labels, prefectures, titles) repeat from record to record,
+        # so their forms are cached; long ones (notes) are folded each time.
+        forms = _forms(raw) if len(raw) <= COMPANY_FORM_MAX else _forms.__wrapped__(raw)
+        for form in forms:
+            if form not in seen:
                 seen.add(form)
                 parts.append(form)
     return SEPARATOR.join(parts)
+
+
+@lru_cache(maxsize=1 << 15)
+def _forms(raw: str) -> tuple[str, ...]:
+    """The distinct non-empty forms one value adds to a search text (see :func:`search_text`)."""
+    folded = normalize_search(raw)
+    if not folded:
+        return ()
+    company = _company_key(folded) if len(folded) <= COMPANY_FORM_MAX else ""
+    return (folded, company) if company and company != folded else (folded,)
 
 
 def normalize_query(q: str | None) -> str:

@@ -335,19 +335,23 @@ class _Preparer:
         }
 
     def prepare(self, batch: list[tuple[int, list[Any]]]) -> list[_Row]:
-        fields = [(c.index, self.entity.fields[c.field], c.header) for c in self.columns]
+        # the cell conversion of each column is chosen once per batch, not once per cell
+        fields = [(c.index, self.entity.fields[c.field], c.header, self._converter(self.entity.fields[c.field]))
+                  for c in self.columns]
+        blank_clear = self.blank_clear
         rows: list[_Row] = []
         for number, cells in batch:
             values: dict[str, Any] = {}
             problems: list[tuple[str, str]] = []
-            for index, f, header in fields:
-                raw = cells[index] if index < len(cells) else None
+            width = len(cells)
+            for index, f, header, convert in fields:
+                raw = cells[index] if index < width else None
                 if raw is None or (isinstance(raw, str) and not raw.strip()):
-                    if self.blank_clear and f.name != "id":
+                    if blank_clear and f.name != "id":
                         values[f.name] = None
                     continue
                 try:
-                    values[f.name] = self._cell(f, raw)
+                    values[f.name] = convert(raw)
                 except ValueError as exc:
                     problems.append((header, str(exc)))
             rows.append(_Row(number, cells, values, problems, self.headers))
@@ -365,6 +369,22 @@ class _Preparer:
         return rows
 
     # -- cells -----------------------------------------------------------------------------------
+    def _converter(self, f: Field) -> Callable[[Any], Any]:
+        """``raw cell -> value`` for one column: :meth:`_cell`, with the common text case inline."""
+        special = f.type in ("reference", "references", "datetime", "date", "integer", "decimal", "money",
+                             "percent", "boolean") or f.name == "id"
+        if special:
+            return lambda raw: self._cell(f, raw)
+        cell = self._cell
+
+        def text(raw: Any) -> Any:
+            # plain text that is not a quoted formula comes back as it is (see _cell's last lines)
+            if raw.__class__ is str and not (raw[:1] == "'" and raw[1:2] in FORMULA_START and raw[1:2]):
+                return raw
+            return cell(f, raw)
+
+        return text
+
     def _cell(self, f: Field, raw: Any) -> Any:
         t = f.type
         if t == "reference" or f.name == "id":

@@ -373,6 +373,22 @@ def before_save(crm, entity, record, old, conn, actor):
 
 
 @hookimpl
+def before_create_many(crm, entity, records, conn, actor):
+    """Bulk creates (imports): ``before_save`` for each record of a deal or line item (other entities cost nothing)."""
+    if entity.name in (DEAL, LINE):
+        for record in records:
+            before_save(crm, entity, record, None, conn, actor)
+
+
+@hookimpl
+def after_create_many(crm, entity, records, conn, actor):
+    """Bulk creates (imports): ``after_save`` for each record of a line item (its deal's amount)."""
+    if entity.name in (LINE,):
+        for record in records:
+            after_save(crm, entity, record, None, conn, actor)
+
+
+@hookimpl
 def after_save(crm, entity, record, old, conn, actor):
     """A line was written: its deal's amount (and its old deal's, if it moved) follows."""
     if entity.name != LINE:

@@ -100,6 +100,14 @@ def after_save(crm, entity, record, old, conn, actor):
 
 
 @hookimpl
+def after_create_many(crm, entity, records, conn, actor):
+    """Bulk creates (imports): the keys of the whole batch in one executemany."""
+    keys = dup.keys_for(crm)
+    if keys.rules.get(entity.name):
+        keys.write_many(conn, entity.name, records)
+
+
+@hookimpl
 def after_delete(crm, entity, record, conn, actor):
     """A deleted record is nobody's duplicate."""
     dup.keys_for(crm).forget(conn, entity.name, record["id"])

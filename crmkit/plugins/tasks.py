@@ -161,6 +161,22 @@ def before_save(crm, entity, record, old, conn, actor):
 
 
 @hookimpl
+def before_create_many(crm, entity, records, conn, actor):
+    """Bulk creates (imports): ``before_save`` for each record of an activity (other entities cost nothing)."""
+    if entity.name in (ACTIVITY,):
+        for record in records:
+            before_save(crm, entity, record, None, conn, actor)
+
+
+@hookimpl
+def after_create_many(crm, entity, records, conn, actor):
+    """Bulk creates (imports): ``after_save`` for each record of an activity."""
+    if entity.name in (ACTIVITY,):
+        for record in records:
+            after_save(crm, entity, record, None, conn, actor)
+
+
+@hookimpl
 def after_save(crm, entity, record, old, conn, actor):
     """Completing a recurring activity creates its next occurrence in the same transaction."""
     if entity.name != ACTIVITY or "previous_occurrence" not in entity.fields:
