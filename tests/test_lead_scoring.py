@@ -153,6 +153,30 @@ def test_fit_rules_follow_references_and_caps_apply_per_rule_group_and_total(tmp
     assert "max_score" in notes
 
 
+def test_imported_leads_and_activities_score_like_saved_ones(tmp_path, db_url):
+    """Imports (``create_many``) rescore once per batch (after_create_many): same scores and ledger."""
+    crm, org = scoring_crm(tmp_path, db_url, FIT_RULES, overlay=ACCOUNT_OVERLAY)
+    acme = crm.records.create("account", {"name": "ACME", "industry": "it"}, actor=SYSTEM)
+    rows = [{"last_name": f"L{i}", "account": acme["id"], "employees": 50 * i,
+             **({"email": f"l{i}@example.jp"} if i % 2 else {})} for i in range(8)]
+    saved = [crm.records.create("lead", row, actor=SYSTEM) for row in rows]
+    imported = crm.records.create_many("lead", rows, actor=SYSTEM)
+    assert all(isinstance(r, dict) for r in imported)
+    visits = [(i, dt.datetime(2026, 3, 2, h, tzinfo=UTC)) for i in range(0, 8, 3) for h in (1, 6, 16)]
+
+    def acts(leads):
+        return [{"subject": "v", "type": "visit", "status": "done", "lead": leads[i]["id"],
+                 "due_at": at.isoformat(), "completed_at": at.isoformat()} for i, at in visits]
+
+    for values in acts(saved):
+        crm.records.create("activity", values, actor=SYSTEM)
+    crm.records.create_many("activity", acts(imported), actor=SYSTEM)
+    assert [score(crm, r["id"]) for r in imported] == [score(crm, r["id"]) for r in saved]
+    assert any(score(crm, r["id"]) > 0 for r in imported)
+    for a, b in zip(saved, imported, strict=True):
+        assert ledger(crm, b["id"]) == ledger(crm, a["id"])
+
+
 def test_a_deleted_or_moved_activity_stops_scoring_and_a_failed_save_leaves_the_score(tmp_path, db_url):
     class Boom:
         @hookimpl

@@ -160,6 +160,18 @@ def after_save(crm, entity, record, old, conn, actor):
 
 
 @hookimpl
+def after_create_many(crm, entity, records, conn, actor):
+    """Imports: one set-based recompute per batch of leads (or of the leads of a batch of activities)."""
+    if entity.name == LEAD:
+        recompute_leads(crm, conn, [r["id"] for r in records])
+    elif entity.name == ACTIVITY:
+        rules = rules_of(crm)
+        if rules is not None:
+            links = _activity_links(rules)
+            recompute_leads(crm, conn, {r.get(link) for r in records for link in links})
+
+
+@hookimpl
 def after_delete(crm, entity, record, conn, actor):
     """A deleted activity no longer scores; a deleted lead takes its plugin rows with it."""
     if entity.name == LEAD:

@@ -146,9 +146,11 @@ def utc_offset(crm: CRM, now: dt.datetime) -> int:
 class Scope:
     """The leads a run covers: some ids, an id range (chunks of a full recompute), or all."""
 
-    def __init__(self, ids: Sequence[int] | None = None, id_range: tuple[int, int] | None = None):
+    def __init__(self, ids: Sequence[int] | None = None, id_range: tuple[int, int] | None = None,
+                 bound: bool = False):
         self.ids = sorted({int(i) for i in ids}) if ids is not None else None
         self.id_range = id_range
+        self.bound = bound  # ids as the expanding parameter ``sc_ids`` (a statement kept for reuse)
 
     @property
     def size(self) -> float:
@@ -161,6 +163,8 @@ class Scope:
 
     def on(self, column: Any) -> Any:
         """The condition on a column holding lead ids."""
+        if self.bound:
+            return column.in_(sa.bindparam("sc_ids", expanding=True))
         if self.ids is not None:
             return column.in_(self.ids) if self.ids else sa.false()
         if self.id_range is not None:
@@ -186,11 +190,14 @@ def _noted(note: Any, changed: Any, code: int) -> Any:
 class Pipeline:
     """Builds the ledger SELECT for some rules, a time ``now`` and a :class:`Scope`."""
 
-    def __init__(self, crm: CRM, rules: ScoringRules, now: dt.datetime):
+    def __init__(self, crm: CRM, rules: ScoringRules, now: dt.datetime, bound: bool = False):
         self.crm = crm
         self.rules = rules
         self.now = now if now.tzinfo else now.replace(tzinfo=dt.UTC)
         self.now_epoch = self.now.timestamp()
+        # bound: "now" is the parameter sc_now_epoch, so the statement serves every later save
+        self.now_sql = (sa.bindparam("sc_now_epoch", type_=sa.Float) if bound
+                        else sa.literal(self.now_epoch, sa.Float))
         self.offset = utc_offset(crm, self.now)
         self.tables = crm.schema.tables
         self.lead = self.tables[LEAD]
@@ -202,7 +209,7 @@ class Pipeline:
         half_life = rule.half_life_days or group.half_life_days
         if not half_life:
             return None
-        age = (sa.literal(self.now_epoch, sa.Float) - t) / DAY
+        age = (self.now_sql - t) / DAY
         age = sa.case((age < 0, 0.0), else_=age)
         return sa.func.power(0.5, age / float(half_life))
 
@@ -224,7 +231,7 @@ class Pipeline:
             return []
         t = src.c.t
         if w.rolling_days is not None:
-            now = sa.literal(self.now_epoch, sa.Float)
+            now = self.now_sql
             return [t > now - w.rolling_days * DAY, t <= now]
         start = src.c["w_" + w.from_field]
         return [start.is_not(None), t >= start + w.start_days * DAY, t < start + w.end_days * DAY]
@@ -379,7 +386,7 @@ class Pipeline:
 
 
     # -- score ----------------------------------------------------------------------------------
-    def score_values(self) -> dict[str, Any]:
+    def score_values(self, now: Any = None) -> dict[str, Any]:
         """SET clause of the lead: the rounded ledger sum and the time (the grade follows from it)."""
         ledger = self.crm.system_tables[LEDGER]
         total = (
@@ -387,7 +394,7 @@ class Pipeline:
             .where(ledger.c.lead_id == self.lead.c.id)
             .scalar_subquery()
         )
-        return {SCORE: sa.func.round(sa.cast(total, sa.Numeric(18, 6)), 2), UPDATED: self.now}
+        return {SCORE: sa.func.round(sa.cast(total, sa.Numeric(18, 6)), 2), UPDATED: self.now if now is None else now}
 
     def grade_values(self) -> dict[str, Any]:
         """SET clause of the lead's grade from its (already updated) score."""
@@ -432,6 +439,14 @@ def recompute(crm: CRM, conn: sa.Connection, rules: ScoringRules, scope: Scope, 
     cap, and only they are written again with every cap: the result is the same as with the
     whole pipeline at once.
     """
+    if scope.ids is not None and 0 < len(scope.ids) <= SMALL_SCOPE:
+        kept = _kept_statements(crm, conn.dialect.name, rules, now)
+        if kept is not None:
+            now = now if now.tzinfo else now.replace(tzinfo=dt.UTC)
+            params = {"sc_ids": list(scope.ids), "sc_now_epoch": now.timestamp(), "sc_now": now}
+            for stmt in kept:
+                conn.execute(stmt, params)
+            return
     pipe = Pipeline(crm, rules, now)
     ledger = crm.system_tables[LEDGER]
     cols = ["lead_id", "group_name", "rule_name", "source_entity", "source_id", "at", "points", "effective", "note",
@@ -484,22 +499,79 @@ def _below(cap: float) -> float:
 
 def record_thresholds(crm: CRM, conn: sa.Connection, rules: ScoringRules, scope: Scope, now: dt.datetime) -> None:
     """Mark thresholds newly reached (actions pending) and forget those no longer reached."""
-    if not rules.thresholds:
-        return
+    state = crm.system_tables[THRESHOLD]
+    for stmt in _threshold_statements(crm, conn.dialect.name, rules, scope, sa.literal(now, state.c.reached_at.type)):
+        conn.execute(stmt)
+
+
+def _threshold_statements(crm: CRM, dialect: str, rules: ScoringRules, scope: Scope, now: Any) -> list[Any]:
     lead = crm.schema.tables[LEAD]
     state = crm.system_tables[THRESHOLD]
-    insert = pg_dialect.insert if conn.dialect.name == "postgresql" else sqlite_dialect.insert
+    insert = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
+    out: list[Any] = []
     for t in rules.thresholds:
         reached = (
-            sa.select(lead.c.id, sa.literal(t.name, sa.String), sa.literal(now, state.c.reached_at.type),
-                      sa.cast(lead.c[SCORE], sa.Float), sa.false())
+            sa.select(lead.c.id, sa.literal(t.name, sa.String), now, sa.cast(lead.c[SCORE], sa.Float), sa.false())
             .where(scope.on(lead.c.id), lead.c[SCORE] >= t.min)
             .where(~sa.exists().where(state.c.lead_id == lead.c.id, state.c.name == t.name))
         )
         stmt = insert(state).from_select(["lead_id", "name", "reached_at", "score", "actions_done"], reached)
-        conn.execute(stmt.on_conflict_do_nothing(index_elements=["lead_id", "name"]))
+        out.append(stmt.on_conflict_do_nothing(index_elements=["lead_id", "name"]))
         below = sa.select(lead.c.id).where(scope.on(lead.c.id), sa.or_(lead.c[SCORE] < t.min, lead.c[SCORE].is_(None)))
-        conn.execute(sa.delete(state).where(state.c.name == t.name, state.c.lead_id.in_(below)))
+        out.append(sa.delete(state).where(state.c.name == t.name, state.c.lead_id.in_(below)))
+    return out
+
+
+# Statements of a save's recompute, kept per rules object, tables and dialect: building the
+# pipeline costs far more than running it for one lead (about 30 ms of Python per save). Rules
+# whose conditions use $now/$today are not kept (those values are inlined when built).
+_KEPT: dict[tuple[int, int, int, str], tuple[Any, Any, list[Any]]] = {}
+_KEPT_MAX = 16
+
+
+def _uses_now(rules: ScoringRules) -> bool:
+    import json
+
+    for group in rules.groups:
+        for rule in group.rules:
+            if rule.when is not None:
+                text = json.dumps(rule.when.source, default=str)
+                if "$now" in text or "$today" in text:
+                    return True
+    return False
+
+
+def _kept_statements(crm: CRM, dialect: str, rules: ScoringRules, now: dt.datetime) -> list[Any] | None:
+    """The statements that recompute a few leads (parameters ``sc_ids``, ``sc_now_epoch``,
+    ``sc_now``), built once; None when they cannot be kept."""
+    pipe = Pipeline(crm, rules, now, bound=True)
+    key = (id(rules), id(pipe.tables), pipe.offset, dialect)
+    hit = _KEPT.get(key)
+    if hit is not None and hit[0] is rules and hit[1] is pipe.tables:
+        return hit[2]
+    if _uses_now(rules):
+        return None
+    ledger = crm.system_tables[LEDGER]
+    lead = pipe.lead
+    scope = Scope(ids=(), bound=True)
+    cols = ["lead_id", "group_name", "rule_name", "source_entity", "source_id", "at", "points", "effective", "note",
+            "computed_at"]
+    stamp = sa.bindparam("sc_now", type_=ledger.c.computed_at.type)
+    stmts = [
+        sa.delete(ledger).where(scope.on(ledger.c.lead_id)),
+        sa.insert(ledger).from_select(cols, pipe.select(scope, stamp.label("computed_at"), caps=True)),
+        sa.update(lead).where(scope.on(lead.c.id)).values(
+            pipe.score_values(sa.bindparam("sc_now", type_=lead.c[UPDATED].type))),
+    ]
+    grades = pipe.grade_values()
+    if grades:
+        stmts.append(sa.update(lead).where(scope.on(lead.c.id)).values(grades))
+    state = crm.system_tables[THRESHOLD]
+    stmts += _threshold_statements(crm, dialect, rules, scope, sa.bindparam("sc_now", type_=state.c.reached_at.type))
+    if len(_KEPT) >= _KEPT_MAX:
+        _KEPT.clear()
+    _KEPT[key] = (rules, pipe.tables, stmts)
+    return stmts
 
 
 def recompute_all(crm: CRM, rules: ScoringRules, *, now: dt.datetime | None = None, chunk: int = 20000,
