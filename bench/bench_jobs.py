@@ -8,7 +8,8 @@
    server (aiosmtpd in this process); messages/s and "arrived exactly once" are reported.
 
 The numbers include process start-up (about a second per worker process for imports). Results
-go to stdout and ``bench/results/bench_jobs.txt``.
+go to stdout and ``bench/results/bench_jobs.txt``; the figures also to ``bench/results/bench_jobs.json``
+(see bench/README.md).
 
 Usage::
 
@@ -22,6 +23,7 @@ through a fresh schema that is dropped at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import subprocess
@@ -86,6 +88,7 @@ def main() -> None:
     from crmkit import CRM
 
     lines = []
+    figures: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp, SmtpSink() as sink:
         project = Path(tmp)
         (project / "crmkit.yaml").write_text(yaml.safe_dump({
@@ -109,6 +112,11 @@ def main() -> None:
                 lines.append(f"{backend}: {args.jobs} jobs, {workers} worker process(es): {seconds:.2f} s, "
                              f"{args.jobs / seconds:.0f} jobs/s ({ok})")
                 print(lines[-1], flush=True)
+                figures.append({"name": f"jobs/s, {workers} worker process(es) ({backend})",
+                                "value": round(args.jobs / seconds, 1), "unit": "jobs/s", "target": None, "met": None})
+                figures.append({"name": f"jobs run exactly once, {workers} worker(s) ({backend})",
+                                "value": rows[1], "unit": "jobs", "target": f"== {args.jobs}, each once",
+                                "met": ok == "exactly once"})
             if args.mails:
                 with write_connection(crm.engine) as conn, conn.begin():
                     for i in range(args.mails):
@@ -121,6 +129,12 @@ def main() -> None:
                 lines.append(f"{backend}: {args.mails} mails to a local SMTP server, 1 worker process: "
                              f"{seconds:.2f} s, {args.mails / seconds:.0f} messages/s ({ok})")
                 print(lines[-1], flush=True)
+                figures.append({"name": f"mails/s, 1 worker process ({backend})",
+                                "value": round(args.mails / seconds, 1), "unit": "messages/s", "target": None,
+                                "met": None})
+                figures.append({"name": f"mails arrived exactly once ({backend})", "value": unique,
+                                "unit": "messages", "target": f"== {args.mails}, each once",
+                                "met": ok == "exactly once"})
             crm.close()
         finally:
             drop()
@@ -128,6 +142,9 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     with out.open("a", encoding="utf-8") as fh:
         fh.write(time.strftime("# %Y-%m-%d %H:%M\n") + "\n".join(lines) + "\n")
+    command = " ".join(["python", "bench/bench_jobs.py", *sys.argv[1:]])
+    (out.parent / "bench_jobs.json").write_text(json.dumps({"command": command, "figures": figures}, indent=2) + "\n",
+                                                encoding="utf-8")
 
 
 if __name__ == "__main__":

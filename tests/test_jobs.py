@@ -181,6 +181,74 @@ def test_batch_done_handlers_are_marked_done_together_and_rerun_after_a_crash(tm
     crm.close()
 
 
+def test_batch_handlers_get_a_claimed_batch_in_one_call_and_report_each_jobs_outcome(tmp_path, db_url):
+    """``own_transactions(batch=True)``: one call per claimed batch with the payloads in order and
+    ``current_batch()`` alongside; per job, None is done, Retry reschedules, Fail and errors fail."""
+    calls: list[list[int]] = []
+
+    class Plugin:
+        __name__ = "batch_handler"
+
+        @hookimpl
+        def register_job_handlers(self, crm):
+            @jobs.own_transactions(batch=True)
+            def step(crm, payloads, conn):
+                assert conn is None
+                infos = jobs.current_batch()
+                assert [i.name for i in infos] == ["t.batch"] * len(payloads) and jobs.current_job() is None
+                assert all(i.now == T0 and i.attempt == 1 for i in infos)
+                calls.append([p["n"] for p in payloads])
+                outcome = {0: None, 1: jobs.Retry(60, reason="later"), 2: jobs.Fail("never"), 3: ValueError("boom")}
+                return [outcome[p["n"] % 4] for p in payloads]
+
+            @jobs.own_transactions(batch=True)
+            def broken(crm, payloads, conn):
+                raise RuntimeError("the whole batch failed")
+
+            return {"t.batch": step, "t.broken": broken}
+
+    crm = make_crm(tmp_path, db_url, plugins=[Plugin()])
+    crm.config.raw["jobs"] = {"batch_size": 8}
+    ids = [jobs.enqueue(crm, "t.batch", {"n": n}, run_at=T0, max_attempts=3) for n in range(8)]
+    assert jobs.run_once(crm, now=T0, names=["t.batch"]) == 8
+    assert calls == [list(range(8))]  # one call for the whole claimed batch
+    got = [jobs.get(crm, i) for i in ids]
+    assert [j["status"] for j in got] == ["done", "queued", "failed", "queued"] * 2
+    assert got[1]["run_at"] == T0 + dt.timedelta(seconds=60) and got[1]["attempts"] == 0  # Retry uses no attempt
+    assert got[2]["last_error"] == "Fail: never" and got[3]["last_error"] == "ValueError: boom"
+    assert got[3]["attempts"] == 1 and got[3]["run_at"] > T0  # retried with backoff
+
+    broken = [jobs.enqueue(crm, "t.broken", {}, run_at=T0, max_attempts=1) for _ in range(3)]
+    assert jobs.run_once(crm, now=T0, names=["t.broken"]) == 3
+    assert all("the whole batch failed" in jobs.get(crm, i)["last_error"] for i in broken)
+    assert {jobs.get(crm, i)["status"] for i in broken} == {"failed"}
+    crm.close()
+
+
+def test_async_commit_relaxes_only_the_workers_bookkeeping_on_postgresql(tmp_path, db_url):
+    """``jobs.async_commit: true`` (opt-in): ``relax_commit`` turns off the WAL-flush wait for the
+    transaction it is called in, on PostgreSQL only; by default it stays on."""
+    crm = make_crm(tmp_path, db_url)
+    assert jobs.JobSettings.of(crm).async_commit is False
+
+    def setting_in_tx() -> str | None:
+        with write_connection(crm.engine) as conn, conn.begin():
+            jobs.relax_commit(crm, conn)
+            inside = conn.exec_driver_sql("SHOW synchronous_commit").scalar() if crm.engine.dialect.name == \
+                "postgresql" else None
+        if inside is not None:  # SET LOCAL: the next transaction is back to the default
+            with write_connection(crm.engine) as conn, conn.begin():
+                assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+        return inside
+
+    assert setting_in_tx() == ("on" if crm.engine.dialect.name == "postgresql" else None)
+    crm.config.raw["jobs"] = {"async_commit": True}
+    assert setting_in_tx() == ("off" if crm.engine.dialect.name == "postgresql" else None)
+    crm.config.raw["jobs"] = {"async_commit": False}
+    assert setting_in_tx() == ("on" if crm.engine.dialect.name == "postgresql" else None)
+    crm.close()
+
+
 def test_unknown_job_name_fails_visibly(crm):
     job_id = jobs.enqueue(crm, "nobody.handles", {}, max_attempts=1, run_at=T0)
     jobs.run_once(crm, now=T0)

@@ -80,6 +80,51 @@ def test_a_queued_message_is_recorded_then_delivered_once(crm, sink):
     assert mail.deliver(crm, oid) == "sent" and len(sink.messages) == 1
 
 
+def test_deliver_many_claims_a_batch_and_reports_each_message(crm, sink):
+    """``deliver_many`` (what the ``mail.send`` batch handler calls): the queued messages go out over
+    one connection, one each; a sent, bounced or missing one is reported, not sent again."""
+    ids = [mail.queue_mail(crm, to=f"b{i}@example.com", subject=f"batch {i}", text="t") for i in range(4)]
+    assert mail.deliver(crm, ids[1], now=T0) == "sent"
+    mail.mark_bounced(crm, message_id=mail.get_message(crm, ids[1])["message_id"])
+    assert mail.deliver(crm, ids[2], now=T0) == "sent"
+    out = mail.deliver_many(crm, [ids[0], ids[1], ids[2], 999999, ids[3], ids[0]], now=T0, worker_id="w")
+    assert out[0] == out[4] == out[5] == "sent" and out[1] == "bounced" and out[2] == "sent"
+    assert isinstance(out[3], jobs.Fail)
+    arrived = [str(m["Subject"]) for m in sink.wait_for(4)]
+    assert sorted(arrived) == ["batch 0", "batch 1", "batch 2", "batch 3"] and len(sink.sessions) == 1
+    assert {mail.get_message(crm, i)["status"] for i in (ids[0], ids[3])} == {"sent"}
+    # A message another worker is sending (live lease) is left to it: a Retry at its lease's end.
+    late = mail.queue_mail(crm, to="late@example.com", subject="late", text="t")
+    t = mail.outbox_table(crm)
+    with write_connection(crm.engine) as conn, conn.begin():
+        conn.execute(sa.update(t).where(t.c.id == late).values(status="sending", locked_by="other",
+                                                               locked_until=T0 + LATER))
+    (busy,) = mail.deliver_many(crm, [late], now=T0, worker_id="w")
+    assert isinstance(busy, jobs.Retry) and busy.at == T0 + LATER and len(sink.messages) == 4
+
+
+def test_queue_many_records_a_batch_at_once_idempotently(crm, sink):
+    """``queue_many``: one insert for many messages, ids in order, None for a key already used
+    (before or earlier in the batch); a bad address refuses the whole batch before any write."""
+    before = mail.queue_mail(crm, to="old@example.com", subject="s", text="t", key="k-old")
+    ids = mail.queue_many(crm, [
+        {"to": "a@example.com", "subject": "A", "text": "a", "key": "k-a", "campaign_id": 3},
+        {"to": "old@example.com", "subject": "again", "text": "t", "key": "k-old"},
+        {"to": "Bee <b@example.com>", "subject": "B", "text": "b", "html": "<p>b</p>", "headers": {"X-N": "2"}},
+        {"to": "a2@example.com", "subject": "A again", "text": "a", "key": "k-a"},
+    ])
+    assert ids[1] is None and ids[3] is None and None not in (ids[0], ids[2]) and before not in ids
+    a, b = mail.get_message(crm, ids[0]), mail.get_message(crm, ids[2])
+    assert (a["subject"], a["meta"], a["status"]) == ("A", {"campaign_id": 3}, "queued")
+    assert b["to_addr"] == "Bee <b@example.com>" and b["headers"] == {"X-N": "2"} and b["html_body"] == "<p>b</p>"
+    with pytest.raises(ValueError):
+        mail.queue_many(crm, [{"to": "c@example.com", "subject": "C", "text": "c"},
+                              {"to": "not an address", "subject": "D", "text": "d"}])
+    assert mail.status_counts(crm)["queued"] == 3
+    assert send_all(crm) == 3
+    assert sorted(str(m["Subject"]) for m in sink.wait_for(3)) == ["A", "B", "s"]
+
+
 def test_keys_make_queueing_idempotent_and_rollback_leaves_nothing(crm, sink):
     assert mail.queue_mail(crm, to="a@example.com", subject="s", text="t", key="welcome:1") is not None
     assert mail.queue_mail(crm, to="a@example.com", subject="s", text="t", key="welcome:1") is None

@@ -20,6 +20,8 @@ them. Handlers come from the ``register_job_handlers`` hook and run in one of tw
 * **own transactions** (:func:`own_transactions`): the handler gets ``conn=None`` and commits its
   own work; it must be idempotent (the mail sender is: the outbox row's status says whether the
   message already went out).
+  With ``own_transactions(batch=True)`` the handler gets a claimed batch's payloads in one call
+  and reports each job's outcome (the mail sender claims and sends a batch's messages together).
 
 External effects (mail, HTTP calls) never happen inside a handler's transaction directly: the
 handler records them (``crmkit.core.mail.queue_mail(..., conn=conn)``) and a separate job
@@ -73,6 +75,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "batch_size": {"type": "integer", "minimum": 1, "maximum": 1000},
         "concurrency": {"type": "integer", "minimum": 1, "maximum": 64},
         "keep_done_days": {"type": "number", "minimum": 0},
+        "async_commit": {"type": "boolean"},
     },
 }
 """The ``jobs:`` section of crmkit.yaml."""
@@ -120,6 +123,7 @@ class JobSettings:
     batch_size: int = 20
     concurrency: int = 1
     keep_done_days: float = 30.0
+    async_commit: bool = False
 
     @classmethod
     def of(cls, crm: CRM) -> JobSettings:
@@ -165,12 +169,25 @@ class JobInfo:
 _CURRENT: contextvars.ContextVar[JobInfo | None] = contextvars.ContextVar("crmkit_job", default=None)
 
 
+_BATCH: contextvars.ContextVar[list[JobInfo] | None] = contextvars.ContextVar("crmkit_job_batch", default=None)
+
+
 def current_job() -> JobInfo | None:
-    """The job being run by this thread's worker, or None outside a handler."""
+    """The job being run by this thread's worker, or None outside a handler.
+
+    Inside a ``batch=True`` handler (see :func:`own_transactions`) it is None: use
+    :func:`current_batch`.
+    """
     return _CURRENT.get()
 
 
-def own_transactions(handler: Callable[..., Any] | None = None, *, batch_done: bool = False) -> Any:
+def current_batch() -> list[JobInfo]:
+    """The jobs a ``batch=True`` handler is running, in the order of its payloads ([] elsewhere)."""
+    return list(_BATCH.get() or [])
+
+
+def own_transactions(handler: Callable[..., Any] | None = None, *, batch_done: bool = False,
+                     batch: bool = False) -> Any:
     """Mark a handler that manages its own transactions: it is called with ``conn=None``.
 
     Use it when the handler performs an external effect whose status it records itself (the
@@ -180,12 +197,21 @@ def own_transactions(handler: Callable[..., Any] | None = None, *, batch_done: b
     With ``batch_done=True`` (``@own_transactions(batch_done=True)``) the worker marks the
     handler's successful jobs ``done`` together, in one transaction after the claimed batch,
     instead of one transaction per job: a worker killed in between leaves up to a batch of them
-    to run again after their lease, which an idempotent handler turns into no-ops. The mail
-    sender uses it — at hundreds of messages a second, that commit per message mattered.
+    to run again after their lease, which an idempotent handler turns into no-ops.
+
+    With ``batch=True`` (implies ``batch_done``) the handler is called *once per claimed batch*
+    with the list of its jobs' payloads — ``handler(crm, payloads, None)`` — so it can share
+    work between them (the mail sender claims their outbox rows in one statement and sends them
+    over one connection). It returns None when every job succeeded, or a list as long as
+    ``payloads`` holding, per job, None (done) or the exception that job ended with (a
+    :class:`Retry`, a :class:`Fail` or any error: handled as if a single-job handler had raised
+    it). An exception raised by the handler itself counts for every job of the call.
+    :func:`current_batch` gives the jobs' :class:`JobInfo` in the same order.
     """
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.crmkit_own_transactions = True  # type: ignore[attr-defined]
-        fn.crmkit_batch_done = batch_done  # type: ignore[attr-defined]
+        fn.crmkit_batch_done = batch_done or batch  # type: ignore[attr-defined]
+        fn.crmkit_batch = batch  # type: ignore[attr-defined]
         return fn
 
     return mark if handler is None else mark(handler)
@@ -236,6 +262,15 @@ def _insert_ignoring(dialect: str, tbl: sa.Table, unique: tuple[str, ...]) -> An
     row (values baked in) cost more than executing it when a campaign queues thousands of messages."""
     insert = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
     return insert(tbl).on_conflict_do_nothing(index_elements=list(unique)).returning(tbl.c.id)
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_ignoring_returning(dialect: str, tbl: sa.Table, unique: tuple[str, ...], returning: tuple[str, ...]) -> Any:
+    """``INSERT … ON CONFLICT (unique) DO NOTHING RETURNING returning``, built once: with a list of
+    parameter sets SQLAlchemy sends it as one multi-row INSERT ("insertmanyvalues")."""
+    insert = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
+    return insert(tbl).on_conflict_do_nothing(index_elements=list(unique)).returning(
+        *(tbl.c[name] for name in returning))
 
 
 @functools.lru_cache(maxsize=256)
@@ -301,6 +336,32 @@ def enqueue(
                 .returning(tbl.c.id)
             ).scalar_one_or_none()
         return new_id
+
+
+def enqueue_many(crm: CRM, name: str, items: list[dict[str, Any]], *, conn: sa.Connection | None = None) -> int:
+    """Add many jobs called ``name`` in one statement; returns how many were new.
+
+    Each item: ``payload`` (dict), and optionally ``key``, ``run_at``, ``max_attempts`` (default 5),
+    as for :func:`enqueue`; an item whose key exists already is skipped.
+    """
+    if not name or len(name) > 100:
+        raise ValueError("a job needs a name of 1-100 characters")
+    now = utcnow()
+    rows = []
+    for item in items:
+        key, attempts = item.get("key"), int(item.get("max_attempts", 5))
+        if key is not None and len(key) > 255:
+            raise ValueError("a job key is at most 255 characters")
+        if attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        rows.append({"name": name, "payload": dict(item.get("payload") or {}), "key": key, "status": "queued",
+                     "run_at": as_utc(item.get("run_at")) or now, "attempts": 0, "max_attempts": attempts,
+                     "created_at": now, "updated_at": now})
+    if not rows:
+        return 0
+    with _maybe_conn(crm, conn) as c:
+        tbl = table(crm)
+        return len(c.execute(_insert_ignoring_returning(c.dialect.name, tbl, ("key",), ("id",)), rows).all())
 
 
 def cancel(crm: CRM, *, key: str | None = None, id: int | None = None, conn: sa.Connection | None = None) -> int:
@@ -493,6 +554,41 @@ class _Claimed:
     max_attempts: int
 
 
+def claim_leased(conn: sa.Connection, tbl: sa.Table, *, ready: Any, busy: str, now: dt.datetime, worker_id: str,
+                 lease_seconds: float, where: Iterable[Any] = (), order_by: Iterable[Any] = (),
+                 limit: int | None = None, skip_locked: bool = False,
+                 returning: Iterable[Any] | None = None) -> list[Any]:
+    """Claim rows of a work table with a lease, in ``conn``'s transaction; return them as updated.
+
+    The one claim of the job table and the mail outbox (both have ``status``, ``attempts``,
+    ``locked_by``, ``locked_until``, ``updated_at``). A row is claimable when ``ready`` (a
+    condition, e.g. queued and due) holds, or when it is ``busy`` with an expired lease (its
+    worker died). Claimed rows become ``busy``, locked by ``worker_id`` until ``now +
+    lease_seconds``, with one more attempt. ``where`` narrows the rows, ``order_by``/``limit``
+    pick which. On PostgreSQL the rows are locked first (``FOR UPDATE``, with ``skip_locked``
+    ``SKIP LOCKED`` so concurrent claimers take different rows instead of waiting); on SQLite
+    the write transaction already excludes other writers. Returns the ``returning`` columns
+    (default: all) of the claimed rows after the update, in ``order_by`` order.
+    """
+    due = sa.or_(ready, sa.and_(tbl.c.status == busy, tbl.c.locked_until < now))
+    pick = sa.select(tbl.c.id).where(due, *where).order_by(*order_by)
+    if limit is not None:
+        pick = pick.limit(limit)
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=skip_locked)
+    ids = list(conn.execute(pick).scalars())
+    if not ids:
+        return []
+    rows = conn.execute(
+        sa.update(tbl).where(tbl.c.id.in_(ids))
+        .values(status=busy, attempts=tbl.c.attempts + 1, locked_by=worker_id,
+                locked_until=now + dt.timedelta(seconds=lease_seconds), updated_at=now)
+        .returning(*(returning if returning is not None else tbl.c))
+    ).all()
+    order = {id_: i for i, id_ in enumerate(ids)}
+    return sorted(rows, key=lambda r: order[r.id])
+
+
 def claim(crm: CRM, *, worker_id: str, now: dt.datetime, limit: int, lease_seconds: float,
           names: list[str] | None = None) -> list[_Claimed]:
     """Mark up to ``limit`` due jobs ``running`` for ``worker_id`` with a lease; return them.
@@ -500,32 +596,21 @@ def claim(crm: CRM, *, worker_id: str, now: dt.datetime, limit: int, lease_secon
     Due means queued with ``run_at <= now``, or running with an expired lease (its worker died).
     """
     tbl = table(crm)
-    due = sa.or_(
-        sa.and_(tbl.c.status == "queued", tbl.c.run_at <= now),
-        sa.and_(tbl.c.status == "running", tbl.c.locked_until < now),
-    )
-    stmt = sa.select(tbl.c.id, tbl.c.name, tbl.c.key, tbl.c.payload, tbl.c.attempts, tbl.c.max_attempts).where(due)
-    if names:
-        stmt = stmt.where(tbl.c.name.in_(names))
-    stmt = stmt.order_by(tbl.c.run_at, tbl.c.id).limit(limit)
+    ready = sa.and_(tbl.c.status == "queued", tbl.c.run_at <= now)
+    where = [tbl.c.name.in_(names)] if names else []
     if crm.engine.dialect.name == "sqlite":
         # Look before taking the database's only write lock: idle workers then never block writers.
+        due = sa.or_(ready, sa.and_(tbl.c.status == "running", tbl.c.locked_until < now))
         with crm.engine.connect() as conn:
-            if conn.execute(sa.select(tbl.c.id).where(due, *([tbl.c.name.in_(names)] if names else [])).limit(1)
-                            ).first() is None:
+            if conn.execute(sa.select(tbl.c.id).where(due, *where).limit(1)).first() is None:
                 return []
     with write_connection(crm.engine) as conn, conn.begin():
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        rows = conn.execute(stmt).all()
-        if not rows:
-            return []
-        conn.execute(
-            sa.update(tbl).where(tbl.c.id.in_([r.id for r in rows]))
-            .values(status="running", attempts=tbl.c.attempts + 1, locked_by=worker_id,
-                    locked_until=now + dt.timedelta(seconds=lease_seconds), updated_at=now)
-        )
-    return [_Claimed(r.id, r.name, r.key, r.payload or {}, r.attempts + 1, r.max_attempts) for r in rows]
+        rows = claim_leased(conn, tbl, ready=ready, busy="running", now=now, worker_id=worker_id,
+                            lease_seconds=lease_seconds, where=where, order_by=(tbl.c.run_at, tbl.c.id),
+                            limit=limit, skip_locked=True,
+                            returning=(tbl.c.id, tbl.c.name, tbl.c.key, tbl.c.payload, tbl.c.attempts,
+                                       tbl.c.max_attempts))
+    return [_Claimed(r.id, r.name, r.key, r.payload or {}, r.attempts, r.max_attempts) for r in rows]
 
 
 class _LostLease(Exception):  # noqa: N818
@@ -553,13 +638,58 @@ def run_once(crm: CRM, *, worker_id: str | None = None, now: dt.datetime | None 
         if not batch:
             break
         finished: list[dict[str, Any]] = []  # batch_done handlers' jobs, marked done together below
+        grouped: dict[str, list[_Claimed]] = {}  # batch=True handlers' jobs, one call per name below
         try:
             for job in batch:
+                if getattr(registry.get(job.name), "crmkit_batch", False):
+                    grouped.setdefault(job.name, []).append(job)
+                    continue
                 _run_job(crm, registry, job, worker_id, fixed_now or utcnow(), settings, finished)
                 done += 1
+            for name, group in grouped.items():
+                _run_batch(crm, registry[name], group, worker_id, fixed_now or utcnow(), settings, finished)
+                done += len(group)
         finally:
             _mark_all_done(crm, finished)
     return done
+
+
+def _run_batch(crm: CRM, handler: Callable[..., Any], group: list[_Claimed], worker_id: str, now: dt.datetime,
+               settings: JobSettings, finished: list[dict[str, Any]]) -> None:
+    """Run a ``batch=True`` handler for its jobs of one claimed batch and record each job's outcome."""
+    token = _BATCH.set([JobInfo(j.id, j.name, j.key, j.attempt, j.max_attempts, worker_id, now) for j in group])
+    try:
+        outcome = handler(crm, [j.payload for j in group], None)
+        if outcome is None:
+            outcome = [None] * len(group)
+        elif len(outcome) != len(group):
+            raise ValueError(f"batch handler {group[0].name!r} returned {len(outcome)} outcomes for {len(group)} jobs")
+    except Exception as exc:  # the whole call failed: every job of it did
+        outcome = [exc] * len(group)
+    finally:
+        _BATCH.reset(token)
+    for job, result in zip(group, outcome, strict=True):
+        if result is None:
+            finished.append({"job_id": job.id, "worker": worker_id, "attempt": job.attempt, "now": now})
+        elif isinstance(result, Retry):
+            _reschedule(crm, job, worker_id, now, result)
+        else:
+            _record_failure(crm, job, worker_id, now, result, settings)
+
+
+def relax_commit(crm: CRM, conn: sa.Connection) -> None:
+    """Let the transaction of ``conn`` commit without waiting for its WAL flush (PostgreSQL, when
+    ``jobs.async_commit`` is on; off by default); a no-op otherwise.
+
+    For the workers' own bookkeeping only — outbox claims and ``sent`` marks, batch done marks —
+    where waiting for the disk on every commit capped sending at the disk's flush rate. The
+    commit is visible to every other session at once and survives a worker crash; only a crash
+    of the database server itself can lose the last fraction of a second of such commits, which
+    makes the affected messages or jobs run again (see :mod:`crmkit.core.mail` for why that
+    repeats, never loses, a message). Never use it for a handler's own writes.
+    """
+    if conn.dialect.name == "postgresql" and JobSettings.of(crm).async_commit:
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
 
 def _mark_all_done(crm: CRM, finished: list[dict[str, Any]]) -> None:
@@ -572,6 +702,7 @@ def _mark_all_done(crm: CRM, finished: list[dict[str, Any]]) -> None:
         return
     try:
         with write_connection(crm.engine) as conn, conn.begin():
+            relax_commit(crm, conn)
             conn.execute(_statements(crm).done, finished)
     except Exception:  # the database went away: the jobs are run again (as no-ops) after their lease
         log.exception("could not mark %s finished jobs done", len(finished))
@@ -753,6 +884,6 @@ class Worker:
 
 __all__ = [
     "JOB_TABLE", "Fail", "JobInfo", "JobSettings", "Retry", "Worker", "backoff", "cancel", "cancel_matching",
-    "claim", "counts", "current_job", "enqueue", "get", "handlers", "list_jobs", "own_transactions",
-    "periodic_jobs", "prune", "retry", "run_once", "schedule_periodic",
+    "claim", "claim_leased", "counts", "current_batch", "current_job", "enqueue", "enqueue_many", "get", "handlers",
+    "list_jobs", "own_transactions", "periodic_jobs", "prune", "relax_commit", "retry", "run_once", "schedule_periodic",
 ]

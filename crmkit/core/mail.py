@@ -19,6 +19,16 @@ writing the final ``.`` of the DATA command, which is what makes the server acce
 The only unsafe moment is between that commit and one socket write. A server that refuses a
 command (4xx), disconnects or cannot be reached leaves the message ``queued`` for the job's
 retries with backoff; a permanent refusal (5xx) marks it ``failed`` with the server's answer.
+
+Throughput: the ``mail.send`` jobs of a claimed batch are one call of :func:`deliver_many`, which
+claims their outbox rows in one statement (:func:`crmkit.core.jobs.claim_leased`) and sends them
+over the transport's open connection; each message keeps its own ``confirm()`` commit (one
+autocommitted statement on PostgreSQL). With ``jobs.async_commit: true`` (opt-in; off by default,
+so a message is never sent twice) those commits do not wait for PostgreSQL's WAL flush: a *worker*
+crash loses nothing, and a *database server*
+crash within a fraction of a second of a ``sent`` commit can only make that message ``sending``
+again, so it is sent a second time with the same ``Message-ID`` (at least once, never lost) —
+receivers and the bounce handling recognise it by that header.
 """
 
 from __future__ import annotations
@@ -205,6 +215,61 @@ def queue_mail(
     the message's JSON ``meta``. With ``conn``, the message and its job are part of the caller's
     transaction. Raises ValueError for an invalid address or a header containing a line break.
     """
+    values = _outbox_values(crm, to=to, subject=subject, text=text, html=html, headers=headers, key=key,
+                            sender=sender, meta=meta)
+    tbl = outbox_table(crm)
+    with jobs._maybe_conn(crm, conn) as c:
+        if key is None:
+            outbox_id = c.execute(jobs._plain_insert(tbl), values).scalar_one()
+        else:
+            outbox_id = insert_ignoring_conflict(c, tbl, values, ["key"])
+            if outbox_id is None:
+                return None
+        jobs.enqueue(crm, SEND_JOB, {"outbox_id": outbox_id}, run_at=run_at, key=f"mail:{outbox_id}",
+                     max_attempts=max_attempts, conn=c)
+    return outbox_id
+
+
+def queue_many(crm: CRM, messages: list[dict[str, Any]], *, conn: sa.Connection | None = None) -> list[int | None]:
+    """:func:`queue_mail` for many messages at once: one outbox insert and one job insert in all.
+
+    Each item holds :func:`queue_mail`'s keyword arguments (``to``, ``subject``, ``text``, ``html``,
+    ``headers``, ``key``, ``run_at``, ``sender``, ``max_attempts``; any other key is ``meta``).
+    Returns the outbox ids in order, None where a message with the same ``key`` already existed
+    (or appears earlier in ``messages``). Every message is checked before anything is written, so
+    a ValueError leaves nothing behind. With ``conn``, part of the caller's transaction.
+    """
+    fixed = ("to", "subject", "text", "html", "headers", "key", "sender")
+    rows, extras = [], []
+    for item in messages:
+        meta = {k: v for k, v in item.items() if k not in (*fixed, "run_at", "max_attempts")}
+        rows.append(_outbox_values(crm, **{k: item.get(k) for k in fixed}, meta=meta))
+        extras.append((item.get("run_at"), int(item.get("max_attempts", 8))))
+    if not rows:
+        return []
+    tbl = outbox_table(crm)
+    with jobs._maybe_conn(crm, conn) as c:
+        ids = _insert_many_ignoring(c, tbl, rows)
+        jobs.enqueue_many(crm, SEND_JOB, [
+            {"payload": {"outbox_id": oid}, "key": f"mail:{oid}", "run_at": run_at, "max_attempts": attempts}
+            for oid, (run_at, attempts) in zip(ids, extras, strict=True) if oid is not None
+        ], conn=c)
+    return ids
+
+
+def _insert_many_ignoring(conn: sa.Connection, tbl: sa.Table, rows: list[dict[str, Any]]) -> list[int | None]:
+    """Insert outbox rows in one executemany (``INSERT … ON CONFLICT (key) DO NOTHING RETURNING``),
+    matching the returned ids back to the rows by their unique Message-ID."""
+    result = conn.execute(
+        jobs._insert_ignoring_returning(conn.dialect.name, tbl, ("key",), ("id", "message_id")), rows)
+    by_mid = {mid: id_ for id_, mid in result.all()}
+    return [by_mid.get(r["message_id"]) for r in rows]
+
+
+def _outbox_values(crm: CRM, *, to: str | None, subject: str | None, text: str | None, html: str | None,
+                   headers: dict[str, str] | None, key: str | None, sender: str | None,
+                   meta: dict[str, Any]) -> dict[str, Any]:
+    """The outbox row of one message, checked (ValueError for a bad address or header)."""
     name, address = parseaddr(to or "")
     if not valid_address(address):
         raise ValueError(f"not a valid email address: {to!r}")
@@ -215,7 +280,7 @@ def queue_mail(
     for header, value in {"To": to, "Subject": subject, "From": sender, **(headers or {})}.items():
         _check_header(header, str(value))
     now = utcnow()
-    values = {
+    return {
         "message_id": make_msgid(domain=_domain(sender)),
         "key": key,
         "sender": sender,
@@ -230,17 +295,6 @@ def queue_mail(
         "created_at": now,
         "updated_at": now,
     }
-    tbl = outbox_table(crm)
-    with jobs._maybe_conn(crm, conn) as c:
-        if key is None:
-            outbox_id = c.execute(jobs._plain_insert(tbl), values).scalar_one()
-        else:
-            outbox_id = insert_ignoring_conflict(c, tbl, values, ["key"])
-            if outbox_id is None:
-                return None
-        jobs.enqueue(crm, SEND_JOB, {"outbox_id": outbox_id}, run_at=run_at, key=f"mail:{outbox_id}",
-                     max_attempts=max_attempts, conn=c)
-    return outbox_id
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
@@ -366,28 +420,23 @@ def recipients(message: EmailMessage) -> list[str]:
 class _Statements(NamedTuple):
     """The per-message statements, built once per outbox table (values are bound parameters)."""
 
-    claim: Any
     confirm: Any
+    confirm_async: Any  # PostgreSQL: the same, committing without waiting for the WAL flush
 
 
 @functools.lru_cache(maxsize=64)
 def _statements(tbl: sa.Table) -> _Statements:
     now = sa.bindparam("now", type_=tbl.c.updated_at.type)
-    claim = (
-        sa.update(tbl)
-        .where(tbl.c.id == sa.bindparam("outbox_id"),
-               sa.or_(tbl.c.status == "queued", sa.and_(tbl.c.status == "sending", tbl.c.locked_until < now)))
-        .values(status="sending", attempts=tbl.c.attempts + 1, locked_by=sa.bindparam("worker"),
-                locked_until=sa.bindparam("until", type_=tbl.c.locked_until.type), updated_at=now)
-        .returning(*tbl.c)
-    )
     confirm = (
         sa.update(tbl)
         .where(tbl.c.id == sa.bindparam("outbox_id"), tbl.c.status == "sending",
                tbl.c.locked_by == sa.bindparam("worker"))
         .values(status="sent", sent_at=now, updated_at=now, locked_by=None, locked_until=None, error=None)
     )
-    return _Statements(claim, confirm)
+    # set_config(..., is_local) in the statement itself: run in autocommit mode, the UPDATE is its own
+    # transaction and needs one round trip, where BEGIN, SET LOCAL, UPDATE and COMMIT needed four.
+    confirm_async = confirm.where(sa.func.set_config("synchronous_commit", "off", True).is_not(None))
+    return _Statements(confirm, confirm_async)
 
 
 class _Busy(Exception):  # noqa: N818
@@ -403,24 +452,63 @@ def deliver(crm: CRM, outbox_id: int, *, now: dt.datetime | None = None, worker_
     another worker is sending it.
     """
     info = jobs.current_job()
-    now = as_utc(now) or (info.now if info else utcnow())
-    worker_id = worker_id or (info.worker_id if info else jobs.default_worker_id())
-    lease = dt.timedelta(seconds=jobs.JobSettings.of(crm).lease_seconds)  # a "sending" claim lasts as long as a job's
+    result = deliver_many(crm, [outbox_id], now=now or (info.now if info else None),
+                          worker_id=worker_id or (info.worker_id if info else None),
+                          last_attempt=[info.last_attempt] if info else None)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def deliver_many(crm: CRM, outbox_ids: list[int], *, now: dt.datetime | None = None, worker_id: str | None = None,
+                 last_attempt: list[bool] | None = None) -> list[str | Exception]:
+    """Send several outbox messages: one claim for all of them, then one after the other over the
+    transport's open connection. Returns, per id, its status afterwards or the exception
+    :func:`deliver` would have raised for it (the ``mail.send`` batch handler hands those to the
+    worker). ``last_attempt[i]`` says whether a transient failure of message ``i`` is final.
+
+    Each message keeps its own ``confirm()`` commit right before its final dot (see the module
+    docstring): sharing one commit between messages would widen the window in which a crash loses
+    or duplicates messages from one socket write to a whole batch.
+    """
+    now = as_utc(now) or utcnow()
+    worker_id = worker_id or jobs.default_worker_id()
+    finals = list(last_attempt) if last_attempt is not None else [False] * len(outbox_ids)
+    lease = jobs.JobSettings.of(crm).lease_seconds  # a "sending" claim lasts as long as a job's
     tbl = outbox_table(crm)
+    wanted = sorted(set(outbox_ids))
     with write_connection(crm.engine) as conn, conn.begin():
-        claimed = conn.execute(
-            _statements(tbl).claim,
-            {"outbox_id": outbox_id, "now": now, "worker": worker_id, "until": now + lease},
-        ).mappings().first()
-        if claimed is None:
-            current = conn.execute(sa.select(tbl.c.status, tbl.c.locked_until).where(tbl.c.id == outbox_id)).first()
-    if claimed is None:
+        jobs.relax_commit(crm, conn)
+        claimed = {r.id: r._asdict() for r in jobs.claim_leased(
+            conn, tbl, ready=tbl.c.status == "queued", busy="sending", now=now, worker_id=worker_id,
+            lease_seconds=lease, where=[tbl.c.id.in_(wanted)], order_by=[tbl.c.id])}
+        others = {r.id: r for r in conn.execute(
+            sa.select(tbl.c.id, tbl.c.status, tbl.c.locked_until)
+            .where(tbl.c.id.in_([i for i in wanted if i not in claimed])))} if len(claimed) < len(wanted) else {}
+    results: dict[int, str | Exception] = {}
+    for outbox_id in wanted:
+        if outbox_id in claimed:
+            continue
+        current = others.get(outbox_id)
         if current is None:
-            raise jobs.Fail(f"outbox message {outbox_id} does not exist")
-        if current.status == "sending":  # someone else is sending it right now: look again after their lease
-            raise jobs.Retry(at=as_utc(current.locked_until), reason="another worker is sending this message")
-        return current.status
-    row = dict(claimed)
+            results[outbox_id] = jobs.Fail(f"outbox message {outbox_id} does not exist")
+        elif current.status == "sending":  # someone else is sending it right now: look again after their lease
+            results[outbox_id] = jobs.Retry(at=as_utc(current.locked_until),
+                                            reason="another worker is sending this message")
+        else:
+            results[outbox_id] = current.status
+    final_of = dict(zip(outbox_ids, finals, strict=True))
+    for outbox_id, row in claimed.items():
+        try:
+            results[outbox_id] = _send_claimed(crm, row, worker_id, now, final_of[outbox_id])
+        except Exception as exc:
+            results[outbox_id] = exc
+    return [results[i] for i in outbox_ids]
+
+
+def _send_claimed(crm: CRM, row: dict[str, Any], worker_id: str, now: dt.datetime, final: bool) -> str:
+    """Send one message we hold the claim of; ``confirm()`` commits ``sent`` before the final dot."""
+    outbox_id = row["id"]
     confirmed = False
 
     def confirm() -> None:
@@ -437,7 +525,7 @@ def deliver(crm: CRM, outbox_id: int, *, now: dt.datetime | None = None, worker_
         else:
             _call_send(tr, build_message(row), confirm)
     except Exception as exc:
-        return _after_failure(crm, outbox_id, worker_id, now, exc, confirmed, info)
+        return _after_failure(crm, outbox_id, worker_id, now, exc, confirmed, final)
     if not confirmed:  # a transport that returned without calling confirm(): record the send now
         _confirm_sent(crm, outbox_id, worker_id, now)
     return "sent"
@@ -446,11 +534,18 @@ def deliver(crm: CRM, outbox_id: int, *, now: dt.datetime | None = None, worker_
 def _confirm_sent(crm: CRM, outbox_id: int, worker_id: str, now: dt.datetime) -> None:
     """Commit ``sent`` for our claim; raise if the claim was lost (so the transport aborts)."""
     tbl = outbox_table(crm)
+    params = {"outbox_id": outbox_id, "worker": worker_id, "now": now}
     try:
-        with write_connection(crm.engine) as conn, conn.begin():
-            params = {"outbox_id": outbox_id, "worker": worker_id, "now": now}
-            if conn.execute(_statements(tbl).confirm, params).rowcount != 1:
-                raise _Busy(f"outbox message {outbox_id}: claim lost to another worker")
+        if crm.engine.dialect.name == "postgresql":
+            # One statement, committed on its own (autocommit): one round trip per message.
+            stmt = _statements(tbl).confirm_async if jobs.JobSettings.of(crm).async_commit else _statements(tbl).confirm
+            with crm.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                updated = conn.execute(stmt, params).rowcount
+        else:
+            with write_connection(crm.engine) as conn, conn.begin():
+                updated = conn.execute(_statements(tbl).confirm, params).rowcount
+        if updated != 1:
+            raise _Busy(f"outbox message {outbox_id}: claim lost to another worker")
     except _Busy:
         raise
     except Exception:
@@ -462,12 +557,12 @@ def _confirm_sent(crm: CRM, outbox_id: int, worker_id: str, now: dt.datetime) ->
 
 
 def _after_failure(crm: CRM, outbox_id: int, worker_id: str, now: dt.datetime, exc: Exception, confirmed: bool,
-                   info: jobs.JobInfo | None) -> str:
+                   last_attempt: bool) -> str:
     """Record a failed send: ``failed`` for permanent refusals, else ``queued`` and re-raise for a retry."""
     if isinstance(exc, _Busy):
         raise jobs.Retry(jobs.JobSettings.of(crm).lease_seconds, reason=str(exc)) from exc
     permanent = isinstance(exc, MailError) and exc.permanent
-    final = permanent or (info is not None and info.last_attempt)
+    final = permanent or last_attempt
     status = "failed" if final else "queued"
     tbl = outbox_table(crm)
     owner = tbl.c.locked_by == worker_id if not confirmed else tbl.c.status == "sent"
@@ -485,6 +580,6 @@ def _after_failure(crm: CRM, outbox_id: int, worker_id: str, now: dt.datetime, e
 
 __all__ = [
     "OUTBOX_TABLE", "SEND_JOB", "MailError", "MailTransport", "build_message", "close_transport", "default_sender",
-    "deliver", "get_message", "list_messages", "mark_bounced", "outbox_table", "queue_mail", "recipients",
-    "requeue", "status_counts", "transport", "valid_address",
+    "deliver", "deliver_many", "get_message", "list_messages", "mark_bounced", "outbox_table", "queue_mail",
+    "queue_many", "recipients", "requeue", "status_counts", "transport", "valid_address",
 ]

@@ -22,11 +22,16 @@ def mail_transport(crm: Any) -> Any:
     return smtp_transport(crm)
 
 
-@jobs.own_transactions(batch_done=True)
-def send_mail_job(crm: Any, payload: dict[str, Any], conn: Any) -> None:
-    """``mail.send``: deliver one outbox message (idempotent: the outbox status says what was sent,
-    so its jobs may be marked done a batch at a time)."""
-    mail.deliver(crm, int(payload["outbox_id"]))
+@jobs.own_transactions(batch=True)
+def send_mail_job(crm: Any, payloads: list[dict[str, Any]], conn: Any) -> list[Exception | None]:
+    """``mail.send``: deliver the claimed batch's outbox messages — one claim for all of them, one
+    SMTP connection — and report each job's outcome (idempotent: the outbox status says what was
+    sent, so the jobs are marked done a batch at a time)."""
+    infos = jobs.current_batch()
+    results = mail.deliver_many(
+        crm, [int(p["outbox_id"]) for p in payloads], now=infos[0].now if infos else None,
+        worker_id=infos[0].worker_id if infos else None, last_attempt=[i.last_attempt for i in infos] or None)
+    return [r if isinstance(r, Exception) else None for r in results]
 
 
 @jobs.own_transactions

@@ -253,7 +253,7 @@ class _Batch:
 
 def queue_batch(crm: Any, tx: Tx, campaign: dict[str, Any], limit: int, now: dt.datetime) -> int:
     """Queue up to ``limit`` pending messages of the campaign; returns how many were queued."""
-    from crmkit.core.mail import queue_mail
+    from crmkit.core.mail import queue_many
 
     conn = tx.conn
     send = crm.system_tables[T.SEND]
@@ -273,7 +273,7 @@ def queue_batch(crm: Any, tx: Tx, campaign: dict[str, Any], limit: int, now: dt.
     blocked = _blocked(conn, crm, emails)
     merge_hooks = merge_field_hooks(crm, entity)
     updates: list[dict[str, Any]] = []
-    queued = 0
+    outgoing: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (send row update, message), queued below at once
     for row in rows:
         record = records.get((row["entity"], row["record_id"]))
         reason = _skip_reason(crm, conn, campaign, row, record, blocked)
@@ -286,14 +286,18 @@ def queue_batch(crm: Any, tx: Tx, campaign: dict[str, Any], limit: int, now: dt.
             updates.append({"_id": row["id"], "_status": T.SKIPPED, "_reason": reason, "_outbox": None,
                             "_queued": None})
             continue
-        outbox_id = queue_mail(
-            crm, to=row["email"], subject=message["subject"], text=message["text"], html=message["html"],
-            headers=message["headers"], key=f"email_campaigns:send:{row['id']}", conn=conn,
-            sender=message["sender"], campaign_id=campaign["id"], send_id=row["id"],
-        )
-        updates.append({"_id": row["id"], "_status": T.QUEUED, "_reason": None, "_outbox": outbox_id,
-                        "_queued": now})
-        queued += 1
+        update = {"_id": row["id"], "_status": T.QUEUED, "_reason": None, "_outbox": None, "_queued": now}
+        outgoing.append((update, {
+            "to": row["email"], "subject": message["subject"], "text": message["text"], "html": message["html"],
+            "headers": message["headers"], "key": f"email_campaigns:send:{row['id']}", "sender": message["sender"],
+            "campaign_id": campaign["id"], "send_id": row["id"],
+        }))
+        updates.append(update)
+    # One outbox insert and one job insert for the whole batch (queue_mail per message was most of the
+    # queueing time); the keys keep it idempotent as before.
+    for (update, _message), outbox_id in zip(outgoing, queue_many(crm, [m for _u, m in outgoing], conn=conn),
+                                              strict=True):
+        update["_outbox"] = outbox_id
     conn.execute(
         sa.update(send).where(send.c.id == sa.bindparam("_id")).values(
             status=sa.bindparam("_status"), skip_reason=sa.bindparam("_reason"),
@@ -301,7 +305,7 @@ def queue_batch(crm: Any, tx: Tx, campaign: dict[str, Any], limit: int, now: dt.
         ),
         updates,
     )
-    return queued
+    return len(outgoing)
 
 
 def _records(conn: sa.Connection, crm: Any, rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
