@@ -506,6 +506,7 @@ def run_all(apps: list[App], plan: Plan, repeat: int, warmup: int, log: Callable
     """
     con = sqlite3.connect(plan.db)
     max_id = con.execute("SELECT max(id) FROM lead").fetchone()[0]
+    _forget_leads_after(con, max_id)  # what an interrupted earlier run may have left
     servers: list[Server] = []
     try:
         for app in apps:
@@ -547,9 +548,21 @@ def run_all(apps: list[App], plan: Plan, repeat: int, warmup: int, log: Callable
             server.stop()
         # Undo the creates (the FTS delete trigger keeps the search index right).
         con.execute("DELETE FROM lead WHERE id > ?", (max_id,))
-        con.commit()
+        _forget_leads_after(con, max_id)
         con.close()
     return {s.app.name: s.result for s in servers}
+
+
+def _forget_leads_after(con: sqlite3.Connection, max_id: int) -> None:
+    """Remove crmkit's bookkeeping of leads above ``max_id`` (deleted by SQL, not through crmkit):
+    SQLite reuses their ids, and a stale duplicate key would make the next run's create POST a
+    "possible duplicate" of some other new lead."""
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "duplicates_key" in tables:
+        con.execute("DELETE FROM duplicates_key WHERE entity = 'lead' AND record_id > ?", (max_id,))
+    if "crmkit_audit" in tables:
+        con.execute("DELETE FROM crmkit_audit WHERE entity = 'lead' AND record_id > ?", (max_id,))
+    con.commit()
 
 
 def _wait_ready(proc: subprocess.Popen, url: str, errlog: Any, timeout: float = 180) -> None:

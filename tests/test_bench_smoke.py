@@ -1,4 +1,5 @@
-"""The admin benchmark (bench/bench_admin.py) at a tiny size, so the script cannot rot.
+"""The benchmarks (bench/bench_all.py, which runs bench_admin.py and the rate scripts) at a tiny size,
+so the scripts cannot rot.
 
 Runs the real thing as a user would — a 2,000-lead database built through crmkit's migrations,
 crmkit's admin and the floor served in their own processes, signed in, every case fetched,
@@ -29,17 +30,20 @@ def _peers_ready() -> bool:
     return bench_admin.ensure_peer_venv(install=False, log=lambda _m: None)
 
 
-def test_bench_admin_runs_end_to_end(tmp_path):
+def test_bench_all_runs_every_benchmark_end_to_end(tmp_path):
+    """``bench/bench_all.py`` at a tiny size: the admin comparison and every rate in one report."""
     apps = ["floor", "crmkit"] + (["sqladmin", "django"] if _peers_ready() else [])
-    out = tmp_path / "report.md"
+    out = tmp_path / "all.md"
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "bench_admin.py"), "--rows", "2000", "--apps", ",".join(apps),
-         "--repeat", "2", "--warmup", "1", "--data-dir", str(tmp_path / "data"), "--out", str(out),
-         "--no-install"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [sys.executable, str(BENCH / "bench_all.py"), "--rows", "2000", "--recipients", "60", "--saves", "10",
+         "--apps", ",".join(apps), "--repeat", "2", "--data-dir", str(tmp_path / "data"),
+         "--work-dir", str(tmp_path / "work"), "--out", str(out), "--no-install"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    # The admin step: its own report and figures, next to the combined one.
+    admin_json = next(tmp_path.glob("admin-*.json"))
+    data = json.loads(admin_json.read_text(encoding="utf-8"))
     assert data["sizes"]["lead"] == 2000 and data["sizes"]["activity"] == 500
     assert data["page"] == 20  # the middle page when there are fewer than 15,000
     assert set(data["cases"]) == {c for c, _ in bench_admin.CASES}
@@ -50,13 +54,25 @@ def test_bench_admin_runs_end_to_end(tmp_path):
     for case in ("first", "deep", "search", "detail", "edit"):
         assert all(kib > 1 for kib in data["cases"][case]["kib"].values()), case
     assert all(rss > 10 for rss in data["rss_mib"].values())
-    report = out.read_text(encoding="utf-8")
-    assert "| list: first page |" in report and "crmkit / floor" in report
-    assert "## Peak RSS of the server process (MiB)" in report
+    assert "## Peak RSS of the server process (MiB)" in admin_json.with_suffix(".md").read_text(encoding="utf-8")
     # The database was reused on a second look-up (keyed by row count and schema hash), not rebuilt.
     db, manifest = bench_admin.datagen.ensure_database(tmp_path / "data", 2000, log=lambda _m: None)
     assert db.exists() and manifest["sizes"]["lead"] == 2000
     assert len(list((tmp_path / "data").glob("admin-2000-*.sqlite3"))) == 1
+
+    # The combined report: the admin table with both ratios, then a measured figure for every rate.
+    report = out.read_text(encoding="utf-8")
+    assert "| list: first page |" in report and "crmkit / floor" in report
+    rates = report.split("## Rates", 1)[1].split("## Steps", 1)[0]
+    assert "no result" not in rates, rates
+    for title in ("Import and export", "Lead scoring and assignment", "Campaign send"):
+        rows = [line for line in rates.splitlines() if line.startswith(f"| {title} |")]
+        assert rows, (title, rates)
+        for row in rows:
+            measured = row.split("|")[3].strip()
+            assert measured and measured != "—", row
+    steps = report.split("## Steps", 1)[1]
+    assert steps.count("| 0 |") == 4, steps
 
 
 def test_bench_refuses_a_page_that_shows_other_rows(tmp_path):
@@ -98,6 +114,15 @@ def test_the_command_docs_quote_is_the_benchmarks_command_line():
         for command in commands:
             args = bench_admin.build_parser().parse_args(shlex.split(command)[2:])
             assert args.rows == 1_000_000, command
+    # The one command that runs every benchmark (issue 9), quoted on both pages too.
+    import bench_all
+
+    for doc in (ROOT / "docs" / "performance.md", BENCH / "README.md"):
+        commands = [line.strip() for line in doc.read_text(encoding="utf-8").splitlines()
+                    if line.strip().startswith(".venv/bin/python bench/bench_all.py")]
+        assert commands, f"{doc.name} quotes no bench_all command"
+        args = bench_all.build_parser().parse_args(shlex.split(commands[0])[2:])
+        assert args.rows == 1_000_000 and not args.only, commands[0]
 
 
 def test_a_stale_database_is_migrated_not_rebuilt(tmp_path):
