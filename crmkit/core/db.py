@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -124,3 +124,26 @@ class ReadConnections:
 def write_connection(engine: sa.Engine) -> sa.Connection:
     """A connection whose transactions take SQLite's write lock at BEGIN (no-op elsewhere)."""
     return engine.connect().execution_options(crmkit_write=True)
+
+
+def newest_rows(engine: sa.Engine, table: sa.Table, *, equal: dict[str, object] | None = None, limit: int = 50,
+                before_id: int | None = None) -> list[dict[str, object]]:
+    """Rows of a queue-like table (jobs, outbox) newest first, keyset-paged by ``before_id``;
+    ``equal`` filters by column values (None values are ignored). At most 500 rows."""
+    stmt = sa.select(table).order_by(table.c.id.desc()).limit(max(1, min(limit, 500)))
+    for column, value in (equal or {}).items():
+        if value:
+            stmt = stmt.where(table.c[column] == value)
+    if before_id:
+        stmt = stmt.where(table.c.id < before_id)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def count_by(engine: sa.Engine, table: sa.Table, column: str, values: Iterable[str]) -> dict[str, int]:
+    """How many rows hold each value of ``column`` (every one of ``values`` listed, 0 if none)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(table.c[column], sa.func.count()).group_by(table.c[column])).all()
+    out = dict.fromkeys(values, 0)
+    out.update({value: n for value, n in rows})
+    return out

@@ -53,7 +53,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from crmkit.core.db import write_connection
+from crmkit.core.db import count_by, newest_rows, write_connection
 from crmkit.plugins import call_each
 
 if TYPE_CHECKING:
@@ -426,26 +426,14 @@ def get(crm: CRM, job_id: int) -> dict[str, Any] | None:
 def list_jobs(crm: CRM, *, status: str | None = None, name: str | None = None, limit: int = 50,
               before_id: int | None = None) -> list[dict[str, Any]]:
     """Jobs newest first (keyset-paged by ``before_id``), for the admin page and tests."""
-    tbl = table(crm)
-    stmt = sa.select(tbl).order_by(tbl.c.id.desc()).limit(max(1, min(limit, 500)))
-    if status:
-        stmt = stmt.where(tbl.c.status == status)
-    if name:
-        stmt = stmt.where(tbl.c.name == name)
-    if before_id:
-        stmt = stmt.where(tbl.c.id < before_id)
-    with crm.engine.connect() as conn:
-        return [_row(r) for r in conn.execute(stmt).mappings()]
+    rows = newest_rows(crm.engine, table(crm), equal={"status": status, "name": name}, limit=limit,
+                       before_id=before_id)
+    return [_row(r) for r in rows]
 
 
 def counts(crm: CRM) -> dict[str, int]:
     """Number of jobs per status."""
-    tbl = table(crm)
-    with crm.engine.connect() as conn:
-        rows = conn.execute(sa.select(tbl.c.status, sa.func.count()).group_by(tbl.c.status)).all()
-    out = dict.fromkeys(STATUSES, 0)
-    out.update({status: n for status, n in rows})
-    return out
+    return count_by(crm.engine, table(crm), "status", STATUSES)
 
 
 def _row(row: Any) -> dict[str, Any]:

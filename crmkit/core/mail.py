@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from crmkit.core import jobs, mime
-from crmkit.core.db import write_connection
+from crmkit.core.db import count_by, newest_rows, write_connection
 from crmkit.core.jobs import as_utc, insert_ignoring_conflict, utcnow
 
 if TYPE_CHECKING:
@@ -324,26 +324,14 @@ def get_message(crm: CRM, outbox_id: int) -> dict[str, Any] | None:
 def list_messages(crm: CRM, *, status: str | None = None, to: str | None = None, limit: int = 50,
                   before_id: int | None = None) -> list[dict[str, Any]]:
     """Outbox rows newest first (keyset-paged by ``before_id``)."""
-    tbl = outbox_table(crm)
-    stmt = sa.select(tbl).order_by(tbl.c.id.desc()).limit(max(1, min(limit, 500)))
-    if status:
-        stmt = stmt.where(tbl.c.status == status)
-    if to:
-        stmt = stmt.where(tbl.c.to_addr == to)
-    if before_id:
-        stmt = stmt.where(tbl.c.id < before_id)
-    with crm.engine.connect() as conn:
-        return [_row(r) for r in conn.execute(stmt).mappings()]
+    rows = newest_rows(crm.engine, outbox_table(crm), equal={"status": status, "to_addr": to}, limit=limit,
+                       before_id=before_id)
+    return [_row(r) for r in rows]
 
 
 def status_counts(crm: CRM) -> dict[str, int]:
     """Number of outbox messages per status."""
-    tbl = outbox_table(crm)
-    with crm.engine.connect() as conn:
-        rows = conn.execute(sa.select(tbl.c.status, sa.func.count()).group_by(tbl.c.status)).all()
-    out = dict.fromkeys(STATUSES, 0)
-    out.update({s: n for s, n in rows})
-    return out
+    return count_by(crm.engine, outbox_table(crm), "status", STATUSES)
 
 
 def _row(row: Any) -> dict[str, Any]:
