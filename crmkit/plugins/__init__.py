@@ -10,7 +10,7 @@ import importlib
 import importlib.metadata
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,3 +170,22 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> Iterat
         if result is not None:
             yield impl.plugin_name, result
 
+
+
+def per_record(row_hook: Callable[..., Any], *entities: str) -> Callable[..., None]:
+    """A ``before_create_many``/``after_create_many`` implementation that runs ``row_hook`` (the
+    plugin's ``before_save``/``after_save``, with ``old=None``) for each record of ``entities``.
+
+    A plugin whose per-record hook concerns only some entities declares it for batches this way,
+    so bulk creates of other entities (a lead import) skip it entirely::
+
+        before_create_many = hookimpl(per_record(before_save, "activity"), specname="before_create_many")
+    """
+
+    def batch(crm: Any, entity: Any, records: list[dict[str, Any]], conn: Any, actor: Any) -> None:
+        if entity.name in entities:
+            for record in records:
+                row_hook(crm, entity, record, None, conn, actor)
+
+    batch.__doc__ = f"Bulk creates: ``{row_hook.__name__}`` for each record of {', '.join(entities)}."
+    return batch

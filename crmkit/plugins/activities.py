@@ -28,6 +28,7 @@ from starlette.routing import Route
 from crmkit.core.actors import Actor
 from crmkit.core.errors import CRMError, ValidationError
 from crmkit.hookspecs import hookimpl
+from crmkit.plugins import per_record
 
 if TYPE_CHECKING:
     from crmkit.app import CRM
@@ -150,22 +151,6 @@ def before_save(crm, entity, record, old, conn, actor):
             if user is not None:
                 record["owner"] = assignee
                 record["team"] = user.get("primary_team")
-
-
-@hookimpl
-def before_create_many(crm, entity, records, conn, actor):
-    """Bulk creates (imports): ``before_save`` for each record of an activity (other entities cost nothing)."""
-    if entity.name in (ACTIVITY,):
-        for record in records:
-            before_save(crm, entity, record, None, conn, actor)
-
-
-@hookimpl
-def after_create_many(crm, entity, records, conn, actor):
-    """Bulk creates (imports): ``after_save`` for each record of an activity."""
-    if entity.name in (ACTIVITY,):
-        for record in records:
-            after_save(crm, entity, record, None, conn, actor)
 
 
 @hookimpl
@@ -466,3 +451,8 @@ def _t(crm: CRM, lang: str, key: str, **kwargs: Any) -> str:
     from crmkit.web.i18n import plugin_strings, t
 
     return t(key, lang, extra=plugin_strings(crm), **kwargs)
+
+
+# Bulk creates (imports) run the per-record hooks only for the entities they concern.
+before_create_many = hookimpl(per_record(before_save, ACTIVITY), specname="before_create_many")
+after_create_many = hookimpl(per_record(after_save, ACTIVITY), specname="after_create_many")

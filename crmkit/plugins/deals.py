@@ -33,6 +33,7 @@ from starlette.routing import Route
 from crmkit.core.actors import Actor
 from crmkit.core.errors import CRMError, ValidationError
 from crmkit.hookspecs import hookimpl
+from crmkit.plugins import per_record
 
 if TYPE_CHECKING:
     from crmkit.app import CRM
@@ -373,22 +374,6 @@ def before_save(crm, entity, record, old, conn, actor):
 
 
 @hookimpl
-def before_create_many(crm, entity, records, conn, actor):
-    """Bulk creates (imports): ``before_save`` for each record of a deal or line item (other entities cost nothing)."""
-    if entity.name in (DEAL, LINE):
-        for record in records:
-            before_save(crm, entity, record, None, conn, actor)
-
-
-@hookimpl
-def after_create_many(crm, entity, records, conn, actor):
-    """Bulk creates (imports): ``after_save`` for each record of a line item (its deal's amount)."""
-    if entity.name in (LINE,):
-        for record in records:
-            after_save(crm, entity, record, None, conn, actor)
-
-
-@hookimpl
 def after_save(crm, entity, record, old, conn, actor):
     """A line was written: its deal's amount (and its old deal's, if it moved) follows."""
     if entity.name != LINE:
@@ -604,3 +589,8 @@ def record_panels(crm, entity, record, actor, request):
         rows=rows, total=format_money(total), deal=record, can_add=can_add, _=ctx._
     )
     return [{"title": ctx._("deals_line_items"), "html": Markup(html)}]
+
+
+# Bulk creates (imports) run the per-record hooks only for the entities they concern.
+before_create_many = hookimpl(per_record(before_save, DEAL, LINE), specname="before_create_many")
+after_create_many = hookimpl(per_record(after_save, LINE), specname="after_create_many")

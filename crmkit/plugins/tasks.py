@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from dateutil.rrule import rrule, rrulestr
 
 from crmkit.hookspecs import hookimpl
+from crmkit.plugins import per_record
 from crmkit.plugins.activities import ACTIVITY, PLANNED, became_done
 
 if TYPE_CHECKING:
@@ -161,22 +162,6 @@ def before_save(crm, entity, record, old, conn, actor):
 
 
 @hookimpl
-def before_create_many(crm, entity, records, conn, actor):
-    """Bulk creates (imports): ``before_save`` for each record of an activity (other entities cost nothing)."""
-    if entity.name in (ACTIVITY,):
-        for record in records:
-            before_save(crm, entity, record, None, conn, actor)
-
-
-@hookimpl
-def after_create_many(crm, entity, records, conn, actor):
-    """Bulk creates (imports): ``after_save`` for each record of an activity."""
-    if entity.name in (ACTIVITY,):
-        for record in records:
-            after_save(crm, entity, record, None, conn, actor)
-
-
-@hookimpl
 def after_save(crm, entity, record, old, conn, actor):
     """Completing a recurring activity creates its next occurrence in the same transaction."""
     if entity.name != ACTIVITY or "previous_occurrence" not in entity.fields:
@@ -210,3 +195,8 @@ def next_values(entity: Any, record: Mapping[str, Any], due: dt.datetime, rule: 
     if reminder is not None and "reminder_at" in entity.fields:
         values["reminder_at"] = due - (record["due_at"] - reminder)
     return values
+
+
+# Bulk creates (imports) run the per-record hooks only for the entities they concern.
+before_create_many = hookimpl(per_record(before_save, ACTIVITY), specname="before_create_many")
+after_create_many = hookimpl(per_record(after_save, ACTIVITY), specname="after_create_many")
