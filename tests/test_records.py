@@ -146,6 +146,70 @@ def test_audit_history_field_level(crm):
     assert any(h["action"] == "create" and h["field"] == "name" and h["source"] == "ui" for h in history)
 
 
+MASKED_ACCOUNT = """\
+extends: account
+fields:
+  secret_code: {type: string, max_length: 50, label: {en: Secret code, ja: 秘密コード}}
+permissions:
+  admin:     {read: all, create: true, update: all, delete: all, export: all}
+  manager:   {read: all, create: true, update: team, delete: team, export: all}
+  sales_rep: {read: team, create: true, update: own, delete: none, export: none,
+              fields: {phone: mask, secret_code: none}}
+"""
+
+
+def test_a_create_is_audited_as_one_snapshot_row_read_back_field_by_field(tmp_path, db_url):
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "account_mask.yaml").write_text(MASKED_ACCOUNT, encoding="utf-8")
+    crm = CRM(tmp_path, database_url=db_url, schema_paths=[overlay], entry_points=False)
+    apply_migration(crm)
+    try:
+        users = setup_org(crm)
+        alice = users["alice"]
+        store, audit = crm.records, crm.system_tables["crmkit_audit"]
+        values = {"name": "Snapshot KK", "phone": "03-5555-123456", "secret_code": "TOPSECRET-42",
+                  "employees": 12, "owner": alice.id, "team": alice.primary_team}
+        single = store.create("account", values, actor=SYSTEM, source="ui")
+        [bulk] = store.create_many("account", [{**values, "name": "Snapshot KK 2"}], actor=SYSTEM)
+
+        def rows(record_id):
+            with crm.engine.connect() as conn:
+                return conn.execute(sa.select(audit).where(audit.c.entity == "account",
+                                                           audit.c.record_id == record_id)).mappings().all()
+
+        for record, source in ((single, "ui"), (bulk, "import")):
+            [row] = rows(record["id"])  # one row per create, not one per value
+            assert row["action"] == "create" and row["field"] is None and row["source"] == source
+            history = store.history("account", record["id"], actor=SYSTEM)
+            assert {h["field"]: h["new"] for h in history} == {
+                "name": record["name"], "phone": "03-5555-123456", "secret_code": "TOPSECRET-42",
+                "employees": "12", "owner": str(alice.id), "team": str(alice.primary_team),
+                "type": "prospect",  # the field's default
+            }
+            assert {(h["action"], h["source"], h["old"]) for h in history} == {("create", source, None)}
+            # the reader's field permissions apply to the snapshot's values: masked, hidden
+            seen = {h["field"]: h["new"] for h in store.history("account", record["id"], actor=alice)}
+            assert "secret_code" not in seen and seen["phone"].startswith("••••")
+            assert "TOPSECRET" not in repr(seen) and "5555" not in repr(seen)
+
+        # histories written before snapshots (one row per initial value) read exactly the same
+        with crm.engine.begin() as conn:
+            conn.execute(sa.delete(audit).where(audit.c.record_id == single["id"], audit.c.entity == "account"))
+            at = utcnow()
+            conn.execute(sa.insert(audit), [
+                {"entity": "account", "record_id": single["id"], "action": "create", "field": name,
+                 "old_value": None, "new_value": value, "actor_id": None, "actor_name": "system",
+                 "source": "ui", "at": at}
+                for name, value in (("name", "Snapshot KK"), ("phone", "03-5555-123456"),
+                                    ("secret_code", "TOPSECRET-42"))
+            ])
+        old_style = store.history("account", single["id"], actor=alice)
+        assert [(h["field"], h["new"][:4]) for h in old_style] == [("name", "Snap"), ("phone", "••••")]
+    finally:
+        crm.close()
+
+
 def test_sales_rep_cannot_touch_another_teams_records(crm):
     users = setup_org(crm)
     store = crm.records

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from crmkit.core import compute, conditions, permissions, text
-from crmkit.core.audit import encode
+from crmkit.core.audit import audited_fields, snapshot
 from crmkit.core.errors import CRMError, ValidationError
 from crmkit.core.events import Event
 from crmkit.core.fieldtypes import InvalidValue
@@ -73,7 +73,7 @@ class _Plan:
                        for f in self.visible_fields
                        if f.required or f.required_if is not None or f.type in ("reference", "references")]
         self.search_getters = [_search_getter(store.catalog, ent, path) for path in self.search_paths]
-        self.audit_names = [f.name for f in self.user_fields if f.type != "password"] + ["owner", "team"]
+        self.audit_names = audited_fields(ent)
         hook = crm.pm.hook
         self.validate_hooks = bool(hook.validate_record.get_hookimpls())
         # per-record hooks only for plugins without the batch version (which replaces them here)
@@ -509,34 +509,22 @@ def _read_back(store: RecordStore, conn: sa.Connection, ent: Entity, ids: list[i
 
 
 def _audit(tx: Tx, plan: _Plan, stored: list[dict[str, Any]], now: Any) -> None:
-    """RecordStore._audit for many created records, as one executemany."""
+    """RecordStore._audit for many created records: one snapshot row each, one executemany."""
     actor = plan.actor
-    base = {"entity": plan.ent.name, "actor_id": actor.id, "actor_name": actor.display_name or actor.username,
-            "source": tx.source, "at": now}
-    # One row per initial value, like RecordStore._audit, so the record's history lists what the
-    # import set (changes(None, record) is "every value whose encoding is not None"). Built as
-    # ready tuples: the constant columns are bound once per batch, not once per row.
     table = tx.store.audit_table
     columns = ["entity", "record_id", "action", "field", "old_value", "new_value", "actor_id", "actor_name",
                "source", "at"]
     insert = _RawInsert(tx.conn, table, columns)
-    ent_name, actor_id, actor_name, source, at = (insert.bind(c, base[c]) for c in
-                                                  ("entity", "actor_id", "actor_name", "source", "at"))
+    # the constant columns are bound once per batch, not once per row
+    ent_name, actor_id, actor_name, source, at = (
+        insert.bind(c, v) for c, v in (("entity", plan.ent.name), ("actor_id", actor.id),
+                                       ("actor_name", actor.display_name or actor.username),
+                                       ("source", tx.source), ("at", now)))
     names = plan.audit_names
-    params: list[tuple[Any, ...]] = []
-    append = params.append
-    for record in stored:
-        record_id = record["id"]
-        before = len(params)
-        for name in names:
-            value = record.get(name)
-            if value is None:
-                continue
-            append((ent_name, record_id, "create", name, None, value if type(value) is str else encode(value),
-                    actor_id, actor_name, source, at))
-        if len(params) == before:
-            append((ent_name, record_id, "create", None, None, None, actor_id, actor_name, source, at))
-    insert.run_tuples(params)
+    insert.run_tuples([
+        (ent_name, record["id"], "create", None, None, snapshot(record, names), actor_id, actor_name, source, at)
+        for record in stored
+    ])
 
 
 @contextmanager

@@ -42,6 +42,7 @@ import sqlalchemy as sa
 
 from crmkit.core import permissions, text
 from crmkit.core.audit import encode
+from crmkit.core.audit import entries as audit_entries
 from crmkit.core.errors import BadRequest, NotFound, PermissionDenied, ValidationError
 from crmkit.core.events import Event
 
@@ -631,20 +632,11 @@ def merged_history(crm: CRM, entity: str, record_id: int, *, actor: Actor) -> di
         rows = conn.execute(
             sa.select(t).where(t.c.entity == entity, t.c.record_id.in_(ids)).order_by(t.c.id)
         ).mappings().all()
+    by_record: dict[int, list[Any]] = {}
     for r in rows:
-        level = access.get(r["field"], "read") if r["field"] else "read"
-        if level in ("none", "write-only"):
-            continue
-        old, new = r["old_value"], r["new_value"]
-        if level == "mask":
-            old, new = permissions.mask_value(old), permissions.mask_value(new)
-        at = r["at"]
-        if isinstance(at, dt.datetime) and at.tzinfo is None:
-            at = at.replace(tzinfo=dt.UTC)
-        out.setdefault(r["record_id"], []).append({
-            "at": at, "actor_id": r["actor_id"], "actor_name": r["actor_name"], "source": r["source"],
-            "action": r["action"], "field": r["field"], "old": old, "new": new,
-        })
+        by_record.setdefault(r["record_id"], []).append(r)
+    for merged_id, group in by_record.items():
+        out[merged_id] = audit_entries(group, access)
     return out
 
 

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 
 from crmkit.core import compute, conditions, permissions, queries, text
 from crmkit.core.actors import SYSTEM, Actor
-from crmkit.core.audit import AUDIT_TABLE, changes, encode
+from crmkit.core.audit import AUDIT_TABLE, audited_fields, changes, encode, snapshot
+from crmkit.core.audit import entries as audit_entries
 from crmkit.core.catalog import Entity, Field
 from crmkit.core.db import ReadConnections, write_connection
 from crmkit.core.errors import BadRequest, ConflictError, NotFound, PermissionDenied, ValidationError
@@ -236,54 +237,115 @@ class RecordStore:
         """A page of records: filtered, searched, sorted, keyset-paginated, permission-restricted."""
         ent = self._entity(entity)
         self._require(actor, action, ent, None)
-        table = self.tables[entity]
-        limit = max(1, min(int(limit or ent.list.page_size), queries.MAX_LIMIT))
         plan = self._list_plan(ent, actor, sort, columns)
-        keys, present = list(plan.keys), plan.present
-        restrictions = self.restrictions(actor, ent, action)
-        values = queries.decode_cursor(keys, cursor) if cursor else None
         # The page and its count are one statement, so no snapshot across statements is needed.
         with self.reads.connect() as conn:
-            # A list page runs two small indexed queries; building and hashing their SQLAlchemy
-            # statements costs more than running them, so each query shape is built once.
-            shape = _shape_key(plan, conn.dialect.name, filter, q, restrictions, actor.params(), limit,
-                               with_count, None if values is None else tuple(v is None for v in values))
-            stmts = self._list_statements.get(shape) if shape is not None else None
-            if stmts is None:
-                where = queries.build_where(
-                    conn, self.catalog, self.tables, ent, filter, q, restrictions, actor.params()
-                )
-                page_where = where
-                if values is not None:
-                    nulls_high = conn.dialect.name != "sqlite"
-                    page_where = sa.and_(where, queries.keyset_condition(table, keys, values, nulls_high))
-                count_stmt = queries.capped_count_statement(table, where) if with_count else None
-                page_stmt = plan.select.where(page_where).limit(limit + 1)
-                if count_stmt is not None:
-                    # The count rides along as an uncorrelated scalar subquery: both databases run it
-                    # once per statement, and the page costs one round trip instead of two.
-                    page_stmt = page_stmt.add_columns(count_stmt.scalar_subquery().label("crmkit_count"))
-                stmts = (page_stmt, count_stmt)
-                if shape is not None:
-                    if len(self._list_statements) >= 1024:  # many distinct searches: start afresh
-                        self._list_statements.clear()
-                    self._list_statements[shape] = stmts
-            params = queries.cursor_params(values) if values is not None else {}
-            raw = conn.execute(stmts[0], params).fetchall()
-            count, capped = None, False
-            if with_count:
-                n = raw[0][-1] if raw else conn.execute(stmts[1]).scalar_one()  # no rows: ask on its own
-                count, capped = queries.count_result(n)  # (the presenter ignores that extra column)
-            has_more = len(raw) > limit
-            raw = raw[:limit]
-            # The cursor comes from the stored values, not from what a masked column shows.
-            next_cursor = (
-                queries.encode_cursor(keys, dict(zip(plan.names, raw[-1]))) if has_more and raw else None  # noqa: B905
+            raw, next_cursor, count, capped = self._list_rows(
+                conn, ent, plan, actor, filter, q, cursor, limit, with_count, action
             )
-            rows = [present(row) for row in raw]
+            rows = [plan.present(row) for row in raw]
             if plan.many:
                 self._attach_many(conn, ent, rows, list(plan.many))
         return Page(rows, next_cursor, count, capped)
+
+    def list_columns(
+        self,
+        entity: str,
+        *,
+        actor: Actor,
+        filter: Any = None,
+        q: str | None = None,
+        sort: str | list[str] | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+        columns: Iterable[str] | None = None,
+        action: str = "read",
+    ) -> queries.ColumnPage:
+        """The page :meth:`list` would return (without a count), stored by column.
+
+        Same query, permission check, scope, ``restrict_query`` hooks, cursor, hidden fields
+        (left out), masks and UTC datetimes; for callers that go through every row of a large
+        list, such as export, where building one dict per row costs more than reading it.
+        """
+        ent = self._entity(entity)
+        self._require(actor, action, ent, None)
+        plan = self._list_plan(ent, actor, sort, columns)
+        access = self.field_access(actor, ent.name)
+        table = self.tables[ent.name]
+        with self.reads.connect() as conn:
+            raw, next_cursor, _count, _capped = self._list_rows(
+                conn, ent, plan, actor, filter, q, cursor, limit, False, action
+            )
+            stored = list(zip(*raw, strict=True)) if raw else [()] * len(plan.names)
+            names: list[str] = []
+            out: list[Sequence[Any]] = []
+            for name, values in zip(plan.names, stored):  # noqa: B905
+                level = access.get(name, "read")
+                if level in ("none", "write-only") or name == SEARCH_COLUMN:
+                    continue  # selected only as a sort key: never shown
+                if level == "mask":
+                    values = [permissions.mask_value(v) for v in values]
+                elif isinstance(table.c[name].type, sa.DateTime) and any(
+                    v is not None and v.tzinfo is None for v in values
+                ):  # SQLite hands back naive UTC datetimes
+                    values = [_as_utc(v) for v in values]
+                names.append(name)
+                out.append(values)
+            if plan.many:
+                ids = stored[plan.names.index("id")]
+                for f in plan.many:
+                    by_source = self._many_values(conn, ent, ids, f)
+                    names.append(f.name)
+                    out.append([by_source.get(i, []) for i in ids])
+        return queries.ColumnPage(tuple(names), out, len(raw), next_cursor)
+
+    def _list_rows(
+        self, conn: sa.Connection, ent: Entity, plan: _ListPlan, actor: Actor, filter: Any, q: str | None,
+        cursor: str | None, limit: int | None, with_count: bool, action: str,
+    ) -> tuple[Sequence[Any], str | None, int | None, bool]:
+        """The stored rows of one list page (columns ``plan.names``), the next cursor and the count."""
+        table = self.tables[ent.name]
+        limit = max(1, min(int(limit or ent.list.page_size), queries.MAX_LIMIT))
+        keys = list(plan.keys)
+        restrictions = self.restrictions(actor, ent, action)
+        values = queries.decode_cursor(keys, cursor) if cursor else None
+        # A list page runs two small indexed queries; building and hashing their SQLAlchemy
+        # statements costs more than running them, so each query shape is built once.
+        shape = _shape_key(plan, conn.dialect.name, filter, q, restrictions, actor.params(), limit,
+                           with_count, None if values is None else tuple(v is None for v in values))
+        stmts = self._list_statements.get(shape) if shape is not None else None
+        if stmts is None:
+            where = queries.build_where(
+                conn, self.catalog, self.tables, ent, filter, q, restrictions, actor.params()
+            )
+            page_where = where
+            if values is not None:
+                nulls_high = conn.dialect.name != "sqlite"
+                page_where = sa.and_(where, queries.keyset_condition(table, keys, values, nulls_high))
+            count_stmt = queries.capped_count_statement(table, where) if with_count else None
+            page_stmt = plan.select.where(page_where).limit(limit + 1)
+            if count_stmt is not None:
+                # The count rides along as an uncorrelated scalar subquery: both databases run it
+                # once per statement, and the page costs one round trip instead of two.
+                page_stmt = page_stmt.add_columns(count_stmt.scalar_subquery().label("crmkit_count"))
+            stmts = (page_stmt, count_stmt)
+            if shape is not None:
+                if len(self._list_statements) >= 1024:  # many distinct searches: start afresh
+                    self._list_statements.clear()
+                self._list_statements[shape] = stmts
+        params = queries.cursor_params(values) if values is not None else {}
+        raw = conn.execute(stmts[0], params).fetchall()
+        count, capped = None, False
+        if with_count:
+            n = raw[0][-1] if raw else conn.execute(stmts[1]).scalar_one()  # no rows: ask on its own
+            count, capped = queries.count_result(n)  # (the presenter ignores that extra column)
+        has_more = len(raw) > limit
+        raw = raw[:limit]
+        # The cursor comes from the stored values, not from what a masked column shows.
+        next_cursor = (
+            queries.encode_cursor(keys, dict(zip(plan.names, raw[-1]))) if has_more and raw else None  # noqa: B905
+        )
+        return raw, next_cursor, count, capped
 
     def titles(self, entity: str, ids: Iterable[int]) -> dict[int, str]:
         """Display titles for record ids, in one query (reference columns, breadcrumbs)."""
@@ -328,20 +390,7 @@ class RecordStore:
             rows = conn.execute(
                 sa.select(t).where(t.c.entity == entity, t.c.record_id == id).order_by(t.c.id)
             ).mappings().all()
-        out = []
-        for r in rows:
-            field = r["field"]
-            level = access.get(field, "read") if field else "read"
-            if level in ("none", "write-only"):
-                continue
-            old, new = r["old_value"], r["new_value"]
-            if level == "mask":
-                old, new = permissions.mask_value(old), permissions.mask_value(new)
-            out.append({
-                "at": _as_utc(r["at"]), "actor_id": r["actor_id"], "actor_name": r["actor_name"],
-                "source": r["source"], "action": r["action"], "field": field, "old": old, "new": new,
-            })
-        return out
+        return audit_entries(rows, access)
 
     def can(self, actor: Actor, action: str, entity: str, record: Mapping[str, Any] | None = None) -> bool:
         """Whether ``actor`` may do ``action`` on the entity (or on this record)."""
@@ -486,19 +535,26 @@ class RecordStore:
     def _attach_many(self, conn: sa.Connection, ent: Entity, items: list[dict[str, Any]], many: list[Field]) -> None:
         ids = [r["id"] for r in items]
         for f in many:
-            link = self.crm.schema.link_tables[(ent.name, f.name)]
-            extra = [c for c in link.c if c.name not in ("id", "source_id", "target_id")]
-            rows = conn.execute(
-                sa.select(link.c.source_id, link.c.target_id, *extra)
-                .where(link.c.source_id.in_(ids)).order_by(link.c.id)
-            ).mappings()
-            by_source: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
-            for r in rows:
-                entry = {"id": r["target_id"]}
-                entry.update({c.name: r[c.name] for c in extra})
-                by_source[r["source_id"]].append(entry)
+            by_source = self._many_values(conn, ent, ids, f)
             for item in items:
                 item[f.name] = by_source.get(item["id"], [])
+
+    def _many_values(
+        self, conn: sa.Connection, ent: Entity, ids: Sequence[int], f: Field
+    ) -> dict[int, list[dict[str, Any]]]:
+        """Record id -> the entries of many-to-many field ``f`` (``{"id": target, ...link columns}``)."""
+        link = self.crm.schema.link_tables[(ent.name, f.name)]
+        extra = [c for c in link.c if c.name not in ("id", "source_id", "target_id")]
+        rows = conn.execute(
+            sa.select(link.c.source_id, link.c.target_id, *extra)
+            .where(link.c.source_id.in_(ids)).order_by(link.c.id)
+        ).mappings()
+        by_source: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+        for r in rows:
+            entry = {"id": r["target_id"]}
+            entry.update({c.name: r[c.name] for c in extra})
+            by_source[r["source_id"]].append(entry)
+        return by_source
 
     def _fetcher(self, conn: sa.Connection):
         cache: dict[tuple[str, Any], Any] = {}
@@ -671,13 +727,14 @@ class RecordStore:
         base = {"entity": ent.name, "record_id": record_id, "actor_id": actor.id,
                 "actor_name": actor.display_name or actor.username, "source": tx.source, "at": now}
         rows = []
-        if action in ("create", "update"):
-            names = [f.name for f in ent.user_fields if f.type != "password"] + ["owner", "team"]
+        if action == "create":
+            rows.append({**base, "action": "create", "field": None, "old_value": None,
+                         "new_value": snapshot(new or {}, audited_fields(ent))})
+        elif action == "update":
+            names = audited_fields(ent)
             for name, before, after in changes(old, new or {}, [n for n in names if n in (new or {})]):
                 rows.append({**base, "action": action, "field": name, "old_value": encode(before),
                              "new_value": encode(after)})
-            if action == "create" and not rows:
-                rows.append({**base, "action": "create", "field": None, "old_value": None, "new_value": None})
         else:
             rows.append({**base, "action": action, "field": None, "old_value": None,
                          "new_value": json.dumps({"title": str((old or {}).get(ent.title_field))}, ensure_ascii=False)})
