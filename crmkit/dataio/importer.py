@@ -412,9 +412,17 @@ class _Preparer:
 
     # -- references by title -----------------------------------------------------------------------
     def _resolve_titles(self, rows: list[_Row]) -> None:
+        # only reference columns (and the id column) can hold a title to look up
+        names = [c.field for c in self.columns
+                 if c.field == "id" or self.entity.fields[c.field].type in ("reference", "references")]
+        if not names:
+            return
         wanted: dict[str, set[str]] = {}
         for r in rows:
-            for name, value in r.values.items():
+            for name in names:
+                value = r.values.get(name)
+                if value is None:
+                    continue
                 f = self.entity.fields[name]
                 items = value if isinstance(value, list) else [value]
                 for item in items:
@@ -422,7 +430,10 @@ class _Preparer:
                         wanted.setdefault(f.to or "", set()).add(item.text)
         found = {target: self._lookup(target, titles) for target, titles in wanted.items() if target}
         for r in rows:
-            for name, value in list(r.values.items()):
+            for name in names:
+                if name not in r.values:
+                    continue
+                value = r.values[name]
                 f = self.entity.fields[name]
                 if isinstance(value, _Ref):
                     resolved = self._pick(f, value, found, r)
@@ -432,7 +443,7 @@ class _Preparer:
                     for v in value:
                         ids.append(self._pick(f, v, found, r) if isinstance(v, _Ref) else v)
                     r.values[name] = [i for i in ids if i is not None]
-            if any(v is _FAILED for v in r.values.values()):
+            if any(r.values.get(name) is _FAILED for name in names):
                 r.values = {k: v for k, v in r.values.items() if v is not _FAILED}
 
     def _pick(self, f: Field, ref: _Ref, found: dict[str, dict[str, list[int]]], r: _Row) -> Any:
