@@ -10,10 +10,11 @@ RSS), with crmkit's virtualenv:
 3. ``bench_scoring.py --leads N`` — ``crmkit scoring recompute`` and what assignment adds to a save;
 4. ``bench_campaign_send.py --recipients M`` — a campaign sent by one worker to a local SMTP server.
 
-Each script writes ``bench/results/<script>.json`` (``{"command", "figures": [{"name", "value",
+Each script writes ``<script>.json`` (``{"command", "figures": [{"name", "value",
 "unit", "target", "met"}]}``; the admin benchmark its case table); this script gathers them into
 one Markdown report — the admin comparison with its ratios, then every rate against its target —
-prints it and writes it to ``bench/results/all-<date>-<time>.md`` (or ``--out``).
+prints it and writes it to ``bench/results/all-<date>-<time>.md`` (or ``--out``); the scripts' JSON files
+go beside that report (environment variable ``CRMKIT_BENCH_RESULTS``; on their own, ``bench/results/``).
 
 Usage::
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import time
@@ -70,11 +72,11 @@ def plan_steps(args: argparse.Namespace, stamp: str, out_dir: Path) -> list[Step
     steps = [
         Step("admin", "Admin pages (crmkit vs floor and peers)", ["bench_admin.py", *admin],
              admin_out.with_suffix(".json")),
-        Step("io", "Import and export", ["bench_import_export.py", *io], RESULTS / "bench_import_export.json"),
+        Step("io", "Import and export", ["bench_import_export.py", *io], out_dir / "bench_import_export.json"),
         Step("scoring", "Lead scoring and assignment", ["bench_scoring.py", *scoring],
-             RESULTS / "bench_scoring.json"),
+             out_dir / "bench_scoring.json"),
         Step("campaign", "Campaign send", ["bench_campaign_send.py", *campaign],
-             RESULTS / "bench_campaign_send.json"),
+             out_dir / "bench_campaign_send.json"),
     ]
     wanted = {k.strip() for k in args.only.split(",")} if args.only else {s.key for s in steps}
     unknown = wanted - {s.key for s in steps}
@@ -83,15 +85,17 @@ def plan_steps(args: argparse.Namespace, stamp: str, out_dir: Path) -> list[Step
     return [s for s in steps if s.key in wanted]
 
 
-def run_step(step: Step, log_dir: Path) -> None:
+def run_step(step: Step, log_dir: Path, results: Path) -> None:
     """Run one script, its output teed to a log file; read its result file if it wrote a fresh one."""
     command = [sys.executable, str(BENCH / step.argv[0]), *step.argv[1:]]
     log_path = log_dir / f"{step.key}.log"
     print(f"\n=== {step.title}: {' '.join(command[1:])}", flush=True)
     started = time.time()
     with log_path.open("w", encoding="utf-8") as log:
+        # the rate scripts write their JSON beside this run's report (not over the last run's figures)
+        env = {**os.environ, "CRMKIT_BENCH_RESULTS": str(results)}
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=BENCH.parent)
+                                cwd=BENCH.parent, env=env)
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stdout.write(line)
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = out.parent / f"all-{stamp}-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     for step in steps:
-        run_step(step, log_dir)
+        run_step(step, log_dir, out.parent)
     md = report(steps, args)
     print("\n" + md)
     out.write_text(md, encoding="utf-8")

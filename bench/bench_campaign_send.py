@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import shlex
 import subprocess
@@ -101,7 +102,7 @@ def write_results(args: argparse.Namespace, dialect: str, rate: float, cpu_ms: f
         {"name": f"time to queue the campaign ({dialect})", "value": round(queued, 2), "unit": "s", "target": None,
          "met": None},
     ]
-    out = ROOT / "bench" / "results" / "bench_campaign_send.json"
+    out = Path(os.environ.get("CRMKIT_BENCH_RESULTS") or ROOT / "bench" / "results") / "bench_campaign_send.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "bench/bench_campaign_send.py", *sys.argv[1:]])
     out.write_text(json.dumps({"command": command, "figures": figures}, indent=2) + "\n", encoding="utf-8")

@@ -203,7 +203,7 @@ def bench_assignment(workdir: Path, saves: int) -> list[dict[str, Any]]:
 
 def write_results(figures: list[dict[str, Any]]) -> Path:
     """``bench/results/bench_scoring.json``: the command line and the figures of this run."""
-    out = ROOT / "bench" / "results" / "bench_scoring.json"
+    out = Path(os.environ.get("CRMKIT_BENCH_RESULTS") or ROOT / "bench" / "results") / "bench_scoring.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "bench/bench_scoring.py", *sys.argv[1:]])
     out.write_text(json.dumps({"command": command, "figures": figures}, indent=2) + "\n", encoding="utf-8")

@@ -73,6 +73,9 @@ def test_bench_all_runs_every_benchmark_end_to_end(tmp_path):
             assert measured and measured != "—", row
     steps = report.split("## Steps", 1)[1]
     assert steps.count("| 0 |") == 4, steps
+    # each rate script wrote its figures beside this run's report, not over a developer's last run
+    for script in ("bench_import_export", "bench_scoring", "bench_campaign_send"):
+        assert json.loads((tmp_path / f"{script}.json").read_text(encoding="utf-8"))["figures"], script
 
 
 def test_bench_refuses_a_page_that_shows_other_rows(tmp_path):
