@@ -56,6 +56,28 @@ class Page:
         return f"{self.count}+" if self.count_capped else self.count
 
 
+@dataclass
+class ColumnPage:
+    """One page of a list stored by column, for readers that touch every row (export).
+
+    ``columns[i]`` holds the value of field ``names[i]`` for each of the page's ``size`` rows, as
+    :class:`Page` items would show it (same hidden fields, masks and UTC datetimes). Reading by
+    column skips building a dict per row and lets a caller handle a whole column in one pass.
+    """
+
+    names: tuple[str, ...]
+    columns: list[Sequence[Any]]
+    size: int
+    next_cursor: str | None
+
+    def column(self, name: str) -> Sequence[Any]:
+        """The values of field ``name``; all None when the page does not hold it (a hidden field)."""
+        try:
+            return self.columns[self.names.index(name)]
+        except ValueError:
+            return (None,) * self.size
+
+
 def parse_sort(entity: Entity, sort: str | Sequence[str] | None) -> list[SortKey]:
     """``"-close_date,name"`` -> sort keys, always ending with ``id`` for a stable order."""
     if sort is None or sort == "" or sort == []:

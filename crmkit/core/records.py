@@ -90,6 +90,17 @@ class Tx:
         return create_many(self, entity, rows, actor or self.actor, present=present)
 
 
+def _as_utc_column(values: Sequence[Any]) -> Sequence[Any]:
+    """:func:`_as_utc` of every value, converting each distinct value once (rows share timestamps)."""
+    distinct = dict.fromkeys(values)
+    naive = [isinstance(v, dt.datetime) and v.tzinfo is None for v in distinct if v is not None]
+    if not any(naive):
+        return values
+    if not all(naive):  # mixed: equal aware values must keep their own zones, so one by one
+        return [_as_utc(v) for v in values]
+    return list(map({v: _as_utc(v) for v in distinct}.__getitem__, values))
+
+
 def _title_text(id: int, title: Any) -> str:
     """A record's display title; ``#id`` when the title field is empty."""
     return str(title) if title not in (None, "") else f"#{id}"
@@ -248,7 +259,7 @@ class RecordStore:
                 self._attach_many(conn, ent, rows, list(plan.many))
         return Page(rows, next_cursor, count, capped)
 
-    def list_columns(
+    def list_by_column(
         self,
         entity: str,
         *,
@@ -285,10 +296,8 @@ class RecordStore:
                     continue  # selected only as a sort key: never shown
                 if level == "mask":
                     values = [permissions.mask_value(v) for v in values]
-                elif isinstance(table.c[name].type, sa.DateTime) and any(
-                    v is not None and v.tzinfo is None for v in values
-                ):  # SQLite hands back naive UTC datetimes
-                    values = [_as_utc(v) for v in values]
+                elif isinstance(table.c[name].type, sa.DateTime):
+                    values = _as_utc_column(values)
                 names.append(name)
                 out.append(values)
             if plan.many:
