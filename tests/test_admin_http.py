@@ -169,6 +169,53 @@ def test_password_change_ends_other_sessions(crm, org):
     assert client.get("/admin/").status_code == 303
 
 
+def test_the_session_user_and_teams_are_one_statement(crm, org):
+    import sqlalchemy as sa
+
+    from crmkit.web.auth import actor_for, load_session_user, load_user, team_ids
+
+    users, teams = org["users"], org["teams"]
+    # alice: primary team East and a member of West too; bob: in no team.members at all.
+    crm.records.update("team", teams["west"]["id"], {"members": [{"id": users["alice"]["id"]}]}, actor=SYSTEM)
+    crm.records.update("team", teams["east"]["id"], {"members": [{"id": users["alice"]["id"]}]}, actor=SYSTEM)
+    for name in ("alice", "bob", "admin"):
+        uid = users[name]["id"]
+        user, member_of = load_session_user(crm, uid)
+        assert user == load_user(crm, user_id=uid) and member_of == team_ids(crm, uid)
+        assert actor_for(crm, user, member_of) == actor_for(crm, user)
+    assert load_session_user(crm, 10**9) == (None, frozenset())
+    assert load_session_user(crm, users["alice"]["id"])[1] == {teams["east"]["id"], teams["west"]["id"]}
+
+    client = login(crm, "alice")
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    sa.event.listen(crm.engine, "before_cursor_execute", count)
+    try:
+        assert client.get("/admin/login").status_code == 303  # signed in: straight on, no page drawn
+    finally:
+        sa.event.remove(crm.engine, "before_cursor_execute", count)
+    assert len([s for s in statements if "team__members" in s or " user" in s.lower()]) == 1, statements
+
+
+def test_the_bells_count_is_the_unread_count(crm, org):
+    from crmkit.core import notifications
+    from crmkit.plugins.notifications_ui import bell_count
+
+    alice, bob = org["users"]["alice"]["id"], org["users"]["bob"]["id"]
+    assert bell_count(crm, alice) == notifications.unread_count(crm, alice) == 0
+    ids = [notifications.notify(crm, alice, subject=f"n{i}", channels=["in_app"]) for i in range(101)]
+    notifications.notify(crm, bob, subject="bob's", channels=["in_app"])
+    assert bell_count(crm, alice) == notifications.unread_count(crm, alice) == notifications.UNREAD_CAP + 1
+    assert 'aria-label="Notifications, 99+ unread"' in login(crm, "alice").get("/admin/").text
+    notifications.mark_read(crm, alice, ids[:99])
+    assert bell_count(crm, alice) == notifications.unread_count(crm, alice) == 2
+    assert bell_count(crm, bob) == notifications.unread_count(crm, bob) == 1
+    assert 'aria-label="Notifications, 2 unread"' in login(crm, "alice").get("/admin/").text
+
+
 def test_security_headers(crm, org):
     client = login(crm)
     for path in ("/admin/", "/admin/login", "/admin/static/admin.css"):

@@ -126,3 +126,165 @@ def test_a_projects_list_template_gets_safe_cells(crm, org, tmp_path):
     html = login(crm).get("/admin/account/").text
     link = f'<a href="/admin/account/{acc["id"]}">Nishi &amp; Co</a>'
     assert f"<p>[{link}]" in html and f"|{link}</p>" in html
+
+
+# The box of one widget exactly as form.html draws it through the _macros.html macro.
+_MACRO_BOX = """{% import "widgets/_macros.html" as widgets with context %}
+    {% for w in ws %}
+      <div {{ w.box_attrs }}>
+        {% if w.macro %}{{ widgets[w.macro](w, section_label) }}{% endif %}
+        {% if w.help %}<p class="help" id="{{ w.id }}-help">{{ w.help }}</p>{% endif %}
+        {% if w.errors %}<p class="error" id="{{ w.id }}-err">{% for m in w.errors %}{{ m }}\
+{% if not loop.last %} {% endif %}{% endfor %}</p>{% endif %}
+      </div>
+    {% endfor %}
+"""
+
+
+def test_python_widgets_draw_exactly_the_macros_markup(crm, org):
+    """forms.py's widgets in Python against their _macros.html macros, in every state, both languages."""
+    import dataclasses
+
+    from starlette.requests import Request
+
+    from crmkit.web.auth import actor_for, load_user
+    from crmkit.web.forms import PYTHON_WIDGETS, FormBuilder
+    from crmkit.web.site import PageContext, admin_site
+
+    store = crm.records
+    store.create("account", {"name": XSS, **owned(org, "alice")}, actor=SYSTEM)
+    site = admin_site(crm)
+    assert site.python_widgets == frozenset(PYTHON_WIDGETS)
+    actor = actor_for(crm, load_user(crm, username="admin"))
+    macro_box = site.env.from_string(_MACRO_BOX)
+    drawn: set[str] = set()
+    for lang in ("en", "ja"):
+        request = Request({"type": "http", "method": "GET", "path": "/admin/x", "headers": [], "query_string": b""})
+        ctx = PageContext(request, site, actor, lang)
+        for entity in crm.catalog:
+            builder = FormBuilder(ctx, entity)
+            for section in builder.sections({}):
+                for base in section.widgets:
+                    if not base.python:
+                        continue
+                    kinds = [base]
+                    if base.macro == "select":  # the same choices as checkboxes (no multi_enum field is built in)
+                        kinds.append(dataclasses.replace(base, macro="multiselect", kind="multiselect"))
+                    for base in kinds:
+                        _compare_widget(ctx, macro_box, section.label, base, drawn)
+    assert drawn >= set(PYTHON_WIDGETS) | {"pills"}  # every Python widget was compared
+
+
+def _compare_widget(ctx, macro_box, section_label, base, drawn) -> None:
+    """One widget in many states (values, required, read-only, help, errors): Python == macro."""
+    import dataclasses
+
+    first = (base.choices or [{"value": XSS}])[0]["value"]
+    variants = []
+    values = (None, "", XSS, first, [first], "12") + (() if base.macro == "multiselect" else (True,))
+    for value in values:
+        for state in ({}, {"required": True}, {"readonly": True, "help": 'h<"&'},
+                      {"errors": ["bad <x>", "two"], "placeholder": 'p"<', "required": True}):
+            w = dataclasses.replace(base, value=value, **state)
+            w.extra = type(base.extra)(base.extra)
+            if base.macro == "reference":
+                w.extra["title"] = XSS if value else None
+            variants.append(w)
+    python = "".join(w.box_html(ctx._) for w in variants)
+    macro = macro_box.render(ws=variants, _=ctx._, lang=ctx.lang, section_label=section_label)
+    assert python == macro, f"{base.name} ({base.macro}, {ctx.lang})"
+    drawn.add("pills" if base.extra.get("pills") and base.macro == "select" else base.macro)
+    assert "<script>" not in python
+
+
+def test_an_overridden_macros_file_turns_the_python_widgets_off(crm, org, tmp_path):
+    from crmkit.web.templating import templates_dir
+
+    widgets = tmp_path / "templates" / "widgets"
+    widgets.mkdir(parents=True)
+    source = (templates_dir() / "widgets" / "_macros.html").read_text("utf-8")
+    (widgets / "_macros.html").write_text(
+        source.replace('<input id="{{ w.id }}"', '<input class="house" id="{{ w.id }}"'),
+        encoding="utf-8",
+    )
+    acc = crm.records.create("account", {"name": "Nishi KK", **owned(org, "alice")}, actor=SYSTEM)
+    html = login(crm).get(f"/admin/account/{acc['id']}/edit").text
+    assert '<input class="house" id="f-name" name="name"' in html
+
+
+def test_the_menu_built_in_python_is_base_htmls_loop(crm, org):
+    from crmkit.web.auth import actor_for, load_user
+    from crmkit.web.i18n import Translator
+    from crmkit.web.site import admin_site
+
+    site = admin_site(crm)
+    menu = [
+        {"label": "Records", "items": [
+            {"href": "/admin/lead/", "label": "Leads", "icon": "user", "current": True},
+            {"href": "/admin/x/?a=1&b=2", "label": XSS, "icon": 'dot"<', "current": False},
+        ]},
+        {"label": Markup("<b>Master</b> & data"), "items": [{"href": "/admin/team/", "label": "Teams", "icon": "dot"}]},
+    ]
+    variables = {"menu": menu, "icons": site.icons_url, "_": Translator("en"), "lang": "en",
+                 "static": site.static_url, "current_path": "/admin/lead/",
+                 "actor": actor_for(crm, load_user(crm, username="alice"))}
+    base = site.env.get_template("base.html")
+    looped = base.render(variables)
+    built = base.render({**variables, "menu_html": site.menu_html(menu)})
+    assert built == looped and "<script>" not in built
+    assert '<li><a href="/admin/lead/" aria-current="page">' in built and "<b>Master</b> & data" in built
+
+
+def test_list_cell_renderers_draw_what_cell_html_draws(crm, org):
+    import datetime as dt
+
+    from starlette.requests import Request
+
+    from crmkit.web.auth import actor_for, load_user
+    from crmkit.web.display import Display
+    from crmkit.web.site import PageContext, admin_site
+
+    site = admin_site(crm)
+    actor = actor_for(crm, load_user(crm, username="admin"))
+    values = [None, "", [], XSS, 0, 12, "2", True, dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.UTC), dt.date(2026, 1, 2),
+              [{"id": 1}], {"city": XSS}]
+
+    def outcome(draw, *args):
+        try:
+            return draw(*args)
+        except Exception as exc:  # the same failure either way
+            return type(exc)
+
+    compared = 0
+    for lang in ("en", "ja"):
+        request = Request({"type": "http", "method": "GET", "path": "/admin/x", "headers": [], "query_string": b""})
+        ctx = PageContext(request, site, actor, lang, tz=dt.timezone(dt.timedelta(hours=9)))
+        for entity in crm.catalog:
+            display = Display(ctx, entity)
+            for f in entity.fields.values():
+                render = display.cell_renderer(f)
+                for value in [*values, *(o.value for o in f.options)]:
+                    record = {"id": 7, f.name: value}
+                    assert outcome(render, record) == outcome(display.cell_html, f, record), (f.name, value)
+                    compared += 1
+    assert compared > 1000
+
+
+def test_a_hooks_menu_replaces_the_built_one(tmp_path, db_url):
+    class OwnMenu:
+        __name__ = "own-menu-test"
+
+        @hookimpl
+        def extra_template_vars(self, crm, template, request):
+            return {"menu": [{"label": "Ours", "items": [{"href": "/admin/ours/", "label": "<Ours>", "icon": "dot"}]}]}
+
+    crm = CRM(tmp_path, database_url=db_url, entry_points=False, plugins=[OwnMenu()])
+    migrate(crm)
+    crm.records.create("user", {"username": "admin", "display_name": "Ada", "role": "admin", "password": PASSWORD_HASH},
+                       actor=SYSTEM)
+    try:
+        html = login(crm).get("/admin/").text
+        assert '<h2 class="nav-h">Ours</h2>' in html and ">&lt;Ours&gt;</a></li>" in html
+        assert 'href="/admin/lead/"' not in html
+    finally:
+        crm.close()

@@ -8,8 +8,10 @@ count. Buttons a plugin attached (``actions``, e.g. the reminders' snooze) post 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
+import sqlalchemy as sa
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -56,9 +58,33 @@ def extra_template_vars(crm: Any, template: str, request: Any) -> dict[str, Any]
     actor = getattr(ctx, "actor", None)
     if actor is None or actor.id is None:
         return None
-    n = notifications.unread_count(crm, actor.id)
+    n = bell_count(crm, actor.id)
     shown = f"{notifications.UNREAD_CAP}+" if n > notifications.UNREAD_CAP else str(n)
     return {"notification_bell": {"count": n, "shown": shown, "label": ctx._("notifications_bell", n=shown)}}
+
+
+_BELL_STATEMENTS: weakref.WeakKeyDictionary[Any, sa.Select] = weakref.WeakKeyDictionary()
+
+
+def bell_count(crm: Any, user_id: int) -> int:
+    """:func:`crmkit.core.notifications.unread_count` for the bell on every page, with the statement built once.
+
+    The same query, up to ``UNREAD_CAP + 1``; building the SQLAlchemy statement anew cost several
+    times more than running it (the count is read on every admin page), so it is kept per CRM with
+    the user id as a bound parameter.
+    """
+    stmt = _BELL_STATEMENTS.get(crm)
+    if stmt is None:
+        tbl = notifications.table(crm)
+        inner = (
+            sa.select(tbl.c.id)
+            .where(tbl.c.user_id == sa.bindparam("crmkit_user"), tbl.c.read_at.is_(None), tbl.c.in_app.is_(True))
+            .limit(notifications.UNREAD_CAP + 1)
+            .subquery()
+        )
+        stmt = _BELL_STATEMENTS[crm] = sa.select(sa.func.count()).select_from(inner)
+    with crm.records.reads.connect() as conn:  # one statement: no BEGIN
+        return conn.execute(stmt, {"crmkit_user": user_id}).scalar_one()
 
 
 @hookimpl

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -77,8 +78,10 @@ def load_user(crm: CRM, *, user_id: int | None = None, username: str | None = No
         return None
     with crm.records.reads.connect() as conn:  # one statement, on every admin request: no BEGIN
         row = conn.execute(stmt.limit(1)).mappings().first()
-    if row is None:
-        return None
+    return _user_row(crm, row) if row is not None else None
+
+
+def _user_row(crm: CRM, row: Mapping[str, Any]) -> UserRow:
     return UserRow(
         id=row["id"],
         username=row["username"],
@@ -102,9 +105,41 @@ def team_ids(crm: CRM, user_id: int) -> frozenset[int]:
         return frozenset(r[0] for r in rows)
 
 
-def actor_for(crm: CRM, user: UserRow) -> Actor:
-    """The Actor of a user row: role, teams (members + primary team), locale, display name."""
-    teams = set(team_ids(crm, user.id))
+_TEAM_COLUMN = "crmkit_member_of"
+_SESSION_STATEMENTS: weakref.WeakKeyDictionary[Any, sa.Select] = weakref.WeakKeyDictionary()
+
+
+def load_session_user(crm: CRM, user_id: int) -> tuple[UserRow | None, frozenset[int]]:
+    """A user row and its ``team.members`` teams in one statement (every admin request needs both).
+
+    The same as :func:`load_user` plus :func:`team_ids`: the user left-joined to the link table,
+    one row per team (one row with a NULL team for a user in none). The statement is built once
+    per CRM, with the id as a bound parameter.
+    """
+    stmt = _SESSION_STATEMENTS.get(crm)
+    if stmt is None:
+        table = crm.table("user")
+        link = crm.schema.link_tables.get(("team", "members"))
+        if link is None:
+            stmt = sa.select(table, sa.null().label(_TEAM_COLUMN))
+        else:
+            stmt = sa.select(table, link.c.source_id.label(_TEAM_COLUMN)).select_from(
+                table.outerjoin(link, link.c.target_id == table.c.id)
+            )
+        stmt = _SESSION_STATEMENTS[crm] = stmt.where(table.c.id == sa.bindparam("crmkit_uid"))
+    with crm.records.reads.connect() as conn:  # one statement, on every admin request: no BEGIN
+        rows = conn.execute(stmt, {"crmkit_uid": user_id}).mappings().all()
+    if not rows:
+        return None, frozenset()
+    return _user_row(crm, rows[0]), frozenset(r[_TEAM_COLUMN] for r in rows if r[_TEAM_COLUMN] is not None)
+
+
+def actor_for(crm: CRM, user: UserRow, member_of: frozenset[int] | None = None) -> Actor:
+    """The Actor of a user row: role, teams (members + primary team), locale, display name.
+
+    ``member_of``: the user's ``team.members`` teams when already read (:func:`load_session_user`).
+    """
+    teams = set(team_ids(crm, user.id) if member_of is None else member_of)
     if user.primary_team:
         teams.add(user.primary_team)
     return Actor(
@@ -166,25 +201,30 @@ def end_session(request: Request) -> None:
 
 def session_user(crm: CRM, request: Request, now: float | None = None) -> UserRow | None:
     """The logged-in user of ``request``'s session, or None (expired, inactive, password changed)."""
+    return _session_user(crm, request, now)[0]
+
+
+def _session_user(crm: CRM, request: Request, now: float | None = None) -> tuple[UserRow | None, frozenset[int]]:
+    """:func:`session_user` and the user's ``team.members`` teams (read in the same statement)."""
     session = request.scope.get("session")
     if not session or "uid" not in session:
-        return None
+        return None, frozenset()
     now = time.time() if now is None else now
     login_at, seen = session.get("login_at", 0), session.get("seen", 0)
     if now - login_at > crm.config.session_max_age or now - seen > idle_seconds(crm):
         session.clear()
         session["expired"] = True
-        return None
+        return None, frozenset()
     try:
-        user = load_user(crm, user_id=int(session["uid"]))
+        user, member_of = load_session_user(crm, int(session["uid"]))
     except (TypeError, ValueError):
-        user = None
+        user, member_of = None, frozenset()
     if user is None or not user.active or session.get("pw") != user.fingerprint:
         session.clear()
-        return None
+        return None, frozenset()
     if now - seen > _SEEN_RESOLUTION:
         session["seen"] = int(now)
-    return user
+    return user, member_of
 
 
 def session_actor(crm: CRM, request: Request) -> Actor | None:
@@ -192,8 +232,8 @@ def session_actor(crm: CRM, request: Request) -> Actor | None:
     cached = getattr(request.state, "crmkit_session_actor", False)
     if cached is not False:
         return cached
-    user = session_user(crm, request)
-    actor = actor_for(crm, user) if user else None
+    user, member_of = _session_user(crm, request)
+    actor = actor_for(crm, user, member_of) if user else None
     request.state.crmkit_session_actor = actor
     request.state.crmkit_user = user
     return actor

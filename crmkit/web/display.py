@@ -11,7 +11,7 @@ import datetime as dt
 import decimal
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
@@ -120,6 +120,46 @@ class Display:
             if custom is not None:
                 return html_text(custom)  # plain text is escaped; Markup passes
         return self._html(f, value, record, True)
+
+    def cell_renderer(self, f: Field) -> Callable[[Mapping[str, Any]], str]:
+        """``cell_html(f, record)`` as a function of the record, for a column drawn row after row.
+
+        The same text, with the field-type dispatch done once per column instead of per cell
+        (a list page has hundreds of cells, most of them strings, options, references or times).
+        """
+        if self._cell_hook:
+            return lambda record: self.cell_html(f, record)
+        name, t = f.name, f.type
+        general = self._html
+
+        def empty(value: Any) -> bool:
+            return value is None or value == "" or value == []
+
+        if t == "string":
+            def string(record: Mapping[str, Any]) -> str:
+                value = record.get(name)
+                return "" if empty(value) else html_text(value)
+
+            return string
+        if t == "enum":
+            chip = self._chip
+
+            def option(record: Mapping[str, Any]) -> str:
+                value = record.get(name)
+                return "" if empty(value) else chip(f, value)
+
+            return option
+        if t == "datetime":
+            tz, lang = self.ctx.tz, self.lang
+
+            def when(record: Mapping[str, Any]) -> str:
+                value = record.get(name)
+                if isinstance(value, dt.datetime):
+                    return html_text(format_datetime(value, tz, lang))
+                return general(f, value, record, True)
+
+            return when
+        return lambda record: general(f, record.get(name), record, True)
 
     def html(
         self, f: Field, value: Any, record: Mapping[str, Any] | None = None, compact: bool = False

@@ -15,7 +15,7 @@ import decimal
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from starlette.datastructures import FormData, UploadFile
 from crmkit.core import conditions
 from crmkit.core.catalog import Field, FormSection, make_label
 from crmkit.core.errors import CRMError
-from crmkit.web.templating import html_text, local_datetime
+from crmkit.web.templating import color_class, html_text, local_datetime, options_html
 
 if TYPE_CHECKING:
     from crmkit.core.catalog import Entity
@@ -138,6 +138,7 @@ class Widget:
     visible_if: str = ""
     required_if: str = ""
     macro: str = ""  # the widgets/_macros.html macro drawing it ("": include ``template``)
+    python: bool = False  # drawn by :meth:`box_html` (the built-in markup of ``macro``, in Python)
 
     @property
     def id(self) -> str:
@@ -190,6 +191,186 @@ class Widget:
         if self.required_if:
             out += ' data-required-if="' + html_text(self.required_if) + '"'
         return Markup(out)
+
+    # -- the built-in widgets in Python ------------------------------------------------------------
+    # form.html draws a widget whose ``python`` is set with one call to box_html instead of the
+    # _macros.html macro: the same markup, byte for byte (tests/test_admin_render.py compares them),
+    # without the macro's hundreds of escapes and attribute lookups per form.
+
+    def box_html(self, translate: Callable[[str], str]) -> Markup:
+        """The widget's whole ``<div class="field …">`` block of form.html (help and errors included)."""
+        out = "      <div " + str(self.box_attrs) + ">\n" + PYTHON_WIDGETS[self.macro](self, translate)
+        if self.help:
+            out += '<p class="help" id="' + html_text(self.id) + '-help">' + html_text(self.help) + "</p>"
+        if self.errors:
+            out += (
+                '<p class="error" id="' + html_text(self.id) + '-err">'
+                + " ".join(html_text(m) for m in self.errors) + "</p>"
+            )
+        return Markup(out + "      </div>\n")
+
+    def _label_html(self) -> str:
+        return (
+            '<label for="' + html_text(self.id) + '"' + (' class="req"' if self.required else "") + ">"
+            + html_text(self.label) + "</label>"
+        )
+
+    def _value_text(self) -> str:
+        return "" if self.value is None else html_text(self.value)
+
+    def _describedby_attr(self) -> str:
+        describedby = self.describedby
+        return ' aria-describedby="' + html_text(describedby) + '"' if describedby else ""
+
+
+def _input_html(w: Widget, translate: Callable[[str], str]) -> str:
+    """widgets/_macros.html ``input``."""
+    extra = w.extra
+    prefix, suffix = extra.get("prefix"), extra.get("suffix")
+    out = w._label_html()
+    if prefix or suffix:
+        out += '<div class="affix">'
+        if prefix:
+            out += '<span class="pre-fix" aria-hidden="true">' + html_text(prefix) + "</span>"
+    out += (
+        '<input id="' + html_text(w.id) + '" name="' + html_text(w.name) + '" type="' + html_text(w.input_type)
+        + '" value="' + w._value_text() + '"'
+    )
+    if w.kind == "money" or w.kind == "decimal":
+        out += ' inputmode="decimal"'
+    if extra.get("step"):
+        out += ' step="' + html_text(extra["step"]) + '"'
+    if extra.get("min") is not None and w.input_type == "number":
+        out += ' min="' + html_text(extra["min"]) + '"'
+    if extra.get("max") is not None and w.input_type == "number":
+        out += ' max="' + html_text(extra["max"]) + '"'
+    if extra.get("maxlength"):
+        out += ' maxlength="' + html_text(extra["maxlength"]) + '"'
+    if w.placeholder:
+        out += ' placeholder="' + html_text(w.placeholder) + '"'
+    out += str(w.state_attrs)
+    if w.kind == "password":
+        out += ' autocomplete="new-password"'
+    elif w.kind == "email":
+        out += ' autocomplete="email"'
+    elif w.kind == "tel":
+        out += ' autocomplete="tel"'
+    out += ">\n"
+    if prefix or suffix:
+        if suffix:
+            out += '<span class="post-fix" aria-hidden="true">' + html_text(suffix) + "</span>"
+        out += "</div>"
+    return out
+
+
+def _textarea_html(w: Widget, translate: Callable[[str], str]) -> str:
+    """widgets/_macros.html ``textarea``."""
+    json_kind = w.kind == "json"
+    out = (
+        w._label_html() + '<textarea id="' + html_text(w.id) + '" name="' + html_text(w.name) + '" rows="'
+        + ("6" if json_kind else "3") + '"'
+    )
+    if json_kind:
+        out += ' class="mono" spellcheck="false"'
+    if w.placeholder:
+        out += ' placeholder="' + html_text(w.placeholder) + '"'
+    return out + str(w.state_attrs) + ">" + w._value_text() + "</textarea>"
+
+
+def _checkbox_html(w: Widget, translate: Callable[[str], str]) -> str:
+    """widgets/_macros.html ``checkbox``."""
+    out = (
+        '<div class="check">\n<input type="checkbox" id="' + html_text(w.id) + '" name="' + html_text(w.name)
+        + '" value="1"'
+    )
+    if w.value:
+        out += " checked"
+    if w.readonly:
+        out += " disabled"
+    return (
+        out + w._describedby_attr() + '>\n<label for="' + html_text(w.id) + '">' + html_text(w.label)
+        + "</label>\n</div>"
+    )
+
+
+def _select_html(w: Widget, translate: Callable[[str], str]) -> str:
+    """widgets/_macros.html ``select`` (radio pills for a few coloured options)."""
+    if not w.extra.get("pills"):
+        return (
+            w._label_html() + '<div class="select-wrap">\n<span class="swatch" aria-hidden="true" data-swatch></span>\n'
+            '<select id="' + html_text(w.id) + '" name="' + html_text(w.name) + '"' + str(w.state_attrs_disabled)
+            + '>\n<option value="">' + html_text(translate("choose")) + "</option>\n"
+            + str(options_html(w.choices, w.value, "\n")) + "</select>\n</div>\n"
+        )
+    name = html_text(w.name)
+    disabled = " disabled" if w.readonly else ""
+    out = '<fieldset class="pills" id="' + html_text(w.id) + '"' + w._describedby_attr()
+    if w.errors:
+        out += ' aria-invalid="true"'
+    out += (
+        ">\n<legend" + (' class="req"' if w.required else "") + ">" + html_text(w.label)
+        + '</legend>\n<div class="pill-row">\n'
+    )
+    if not w.required:
+        out += (
+            '<label class="pill c-none"><input type="radio" name="' + name + '" value=""'
+            + ("" if w.value else " checked") + disabled + "><span>" + html_text(translate("none_value"))
+            + "</span></label>"
+        )
+    required = " required" if w.required else ""
+    for c in w.choices or ():
+        out += (
+            '<label class="pill ' + html_text(color_class(c.get("color"))) + '"><input type="radio" name="' + name
+            + '" value="' + html_text(c["value"]) + '"' + (" checked" if c["value"] == w.value else "")
+            + disabled + required + "><span>" + html_text(c["label"]) + "</span></label>"
+        )
+    return out + "</div>\n</fieldset>\n"
+
+
+def _multiselect_html(w: Widget, translate: Callable[[str], str]) -> str:
+    """widgets/_macros.html ``multiselect``."""
+    name = html_text(w.name)
+    disabled = " disabled" if w.readonly else ""
+    out = (
+        '<fieldset class="checks" id="' + html_text(w.id) + '"' + w._describedby_attr() + ">\n<legend"
+        + (' class="req"' if w.required else "") + ">" + html_text(w.label) + "</legend>\n"
+    )
+    for c in w.choices or ():
+        checked = " checked" if w.value and c["value"] in w.value else ""
+        out += (
+            '<label class="pill ' + html_text(color_class(c.get("color"))) + '"><input type="checkbox" name="' + name
+            + '" value="' + html_text(c["value"]) + '"' + checked + disabled + "><span>" + html_text(c["label"])
+            + "</span></label>"
+        )
+    return out + "</fieldset>"
+
+
+def _reference_html(w: Widget, translate: Callable[[str], str]) -> str:
+    """widgets/_macros.html ``reference``: a select for a small target, otherwise an autocomplete."""
+    if w.choices is not None:
+        return (
+            w._label_html() + '<select id="' + html_text(w.id) + '" name="' + html_text(w.name) + '"'
+            + str(w.state_attrs_disabled) + '>\n<option value="">' + html_text(translate("choose")) + "</option>\n"
+            + str(options_html(w.choices, str(w.value))) + "</select>\n"
+        )
+    return (
+        w._label_html() + '<div class="ac" data-ac="/admin/' + html_text(w.field.to) + '/autocomplete">\n'
+        '<input id="' + html_text(w.id) + '" class="ac-input" role="combobox" aria-autocomplete="list" '
+        'aria-expanded="false" autocomplete="off" value="' + html_text(w.extra.get("title") or "")
+        + '" placeholder="' + html_text(translate("type_to_search")) + '"' + str(w.state_attrs) + ">\n"
+        '<input type="hidden" name="' + html_text(w.name) + '" value="' + w._value_text() + '">\n</div>\n'
+    )
+
+
+#: The _macros.html macros drawn in Python (file, address and references stay macros).
+PYTHON_WIDGETS: dict[str, Callable[[Widget, Callable[[str], str]], str]] = {
+    "input": _input_html,
+    "textarea": _textarea_html,
+    "checkbox": _checkbox_html,
+    "select": _select_html,
+    "multiselect": _multiselect_html,
+    "reference": _reference_html,
+}
 
 
 @dataclass
@@ -272,41 +453,28 @@ class FormBuilder:
     def widget(self, f: Field, value: Any, errors: Mapping[str, list[str]]) -> Widget:
         """The widget of one field with its value, messages and conditions."""
         lang = self.ctx.lang
-        ftype = self.ctx.crm.field_types.get(f.type)
-        kind = f.spec.get("widget") or (ftype.widget if ftype else "text")
-        template = self.ctx.site.widgets.get(kind) or BUILTIN_WIDGETS.get(kind, "widgets/input.html")
+        attrs, extra, choices = self._static(f, lang)
         field_errors = [
             translate_message(m, lang)
             for key, msgs in errors.items()
             if key == f.name or key.startswith(f.name + ".")
             for m in msgs
-        ]
-        help_text = f.spec.get("help")
-        placeholder = f.spec.get("placeholder")
+        ] if errors else []
         w = Widget(
             field=f,
-            name=f.name,
-            label=f.text(lang),
-            template=template,
-            macro=self.ctx.site.widget_macros.get(template, ""),
-            kind=kind,
             value=value,
             errors=field_errors,
-            help=_label(help_text, lang),
-            placeholder=_label(placeholder, lang),
-            required=f.required,
             readonly=not editable(self.ctx, self.entity, f, self._access),
-            input_type=INPUT_TYPES.get(kind, "text"),
-            visible_if=json.dumps(_plain(f.visible_if), ensure_ascii=False) if f.visible_if else "",
-            required_if=json.dumps(_plain(f.required_if), ensure_ascii=False) if f.required_if else "",
+            extra=WidgetExtra(extra),
+            **attrs,
         )
         if f.type in ("enum", "multi_enum"):
-            current = value if isinstance(value, (list, tuple)) else (value,)
-            w.choices = [{"value": o.value, "label": o.text(lang), "color": o.color} for o in f.options
-                         if not o.system or o.value in current]  # a workflow's option, unless already set
-            w.extra["pills"] = (
-                f.type == "enum" and len(f.options) <= PILL_OPTIONS and any(o.color for o in f.options)
-            )
+            if choices is not None:
+                w.choices = list(choices)
+            else:
+                current = value if isinstance(value, (list, tuple)) else (value,)
+                w.choices = [{"value": o.value, "label": o.text(lang), "color": o.color} for o in f.options
+                             if not o.system or o.value in current]  # a workflow's option, unless already set
         elif f.type == "reference" and f.to:
             w.choices = self.reference_choices(f.to)
             if value not in (None, ""):
@@ -329,23 +497,65 @@ class FormBuilder:
                 r["title"] = titles.get(int(rid), f"#{rid}") if str(rid or "").isdigit() else ""
             w.extra["rows"] = rows
             w.choices = self.reference_choices(f.to)
-        elif f.type == "address":
-            w.extra["parts"] = [(p, ADDRESS_LABELS[p][lang]) for p in ADDRESS_PARTS]
-        elif f.type in ("money", "decimal", "percent", "integer"):
-            w.extra["step"] = "1" if f.type in ("integer",) else "any"
-            w.extra["min"] = f.spec.get("min")
-            w.extra["max"] = f.spec.get("max")
-            w.extra["prefix"] = "¥" if f.type == "money" and f.spec.get("currency", "JPY") == "JPY" else ""
-            w.extra["suffix"] = "%" if f.type == "percent" else ""
-        elif f.type in ("image", "file"):
-            w.extra["accept"] = f.spec.get("accept") or (
-                "image/png,image/jpeg,image/gif,image/webp" if f.type == "image" else ""
-            )
         elif f.type == "password":
             w.value = ""
         if f.type == "string" and f.spec.get("max_length"):
             w.extra["maxlength"] = f.spec["max_length"]
         return w
+
+    def _static(
+        self, f: Field, lang: str
+    ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]] | None]:
+        """What a field's widget shows whatever the record and the actor, kept per site and language.
+
+        ``(Widget keyword arguments, extra settings, enum choices)``; the choices are None when an
+        option is a workflow's (``system``), whose presence depends on the value. A form has dozens
+        of widgets and these labels, JSON conditions and option lists are the same on every request.
+        """
+        statics = self.ctx.site.widget_statics
+        key = (id(f), lang)
+        cached = statics.get(key)
+        if cached is not None and cached[0] is f:  # the field itself is kept: its id is never reused
+            return cached[1]
+        site = self.ctx.site
+        ftype = self.ctx.crm.field_types.get(f.type)
+        kind = f.spec.get("widget") or (ftype.widget if ftype else "text")
+        template = site.widgets.get(kind) or BUILTIN_WIDGETS.get(kind, "widgets/input.html")
+        macro = site.widget_macros.get(template, "")
+        attrs: dict[str, Any] = {
+            "name": f.name,
+            "label": f.text(lang),
+            "template": template,
+            "macro": macro,
+            "python": macro in site.python_widgets,
+            "kind": kind,
+            "help": _label(f.spec.get("help"), lang),
+            "placeholder": _label(f.spec.get("placeholder"), lang),
+            "required": f.required,
+            "input_type": INPUT_TYPES.get(kind, "text"),
+            "visible_if": json.dumps(_plain(f.visible_if), ensure_ascii=False) if f.visible_if else "",
+            "required_if": json.dumps(_plain(f.required_if), ensure_ascii=False) if f.required_if else "",
+        }
+        extra: dict[str, Any] = {}
+        choices = None
+        if f.type in ("enum", "multi_enum"):
+            if not any(o.system for o in f.options):
+                choices = [{"value": o.value, "label": o.text(lang), "color": o.color} for o in f.options]
+            extra["pills"] = f.type == "enum" and len(f.options) <= PILL_OPTIONS and any(o.color for o in f.options)
+        elif f.type == "address":
+            extra["parts"] = [(p, ADDRESS_LABELS[p][lang]) for p in ADDRESS_PARTS]
+        elif f.type in ("money", "decimal", "percent", "integer"):
+            extra["step"] = "1" if f.type in ("integer",) else "any"
+            extra["min"] = f.spec.get("min")
+            extra["max"] = f.spec.get("max")
+            extra["prefix"] = "¥" if f.type == "money" and f.spec.get("currency", "JPY") == "JPY" else ""
+            extra["suffix"] = "%" if f.type == "percent" else ""
+        elif f.type in ("image", "file"):
+            extra["accept"] = f.spec.get("accept") or (
+                "image/png,image/jpeg,image/gif,image/webp" if f.type == "image" else ""
+            )
+        statics[key] = (f, (attrs, extra, choices))
+        return attrs, extra, choices
 
     def reference_choices(self, target: str) -> list[dict[str, Any]] | None:
         """All records of a small target entity (for a select), or None (use autocomplete)."""

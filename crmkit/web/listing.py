@@ -325,10 +325,11 @@ def list_page(ctx: PageContext) -> Response:
     bulk = bulk_actions(ctx, entity)
     rows = []
     parts: list[str] = []  # the <tbody> rows as one string: no template loop or Markup per cell
+    renderers = [display.cell_renderer(f) for f in columns]
     for r in page.items:
         rid = r["id"]
         link = f'<a href="/admin/{entity.name}/{rid}">'
-        cells = [display.cell_html(f, r) for f in columns]
+        cells = [render(r) for render in renderers]
         if first is not None:
             if id_column:
                 cells.insert(0, f"{link}#{rid}</a>")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -30,7 +31,7 @@ from crmkit.core.errors import CRMError, PermissionDenied
 from crmkit.plugins import PluginError, call_each
 from crmkit.web import auth
 from crmkit.web.i18n import Translator, choose_language, plugin_strings
-from crmkit.web.templating import is_builtin_template, make_environment, palette_css, static_dir, zone
+from crmkit.web.templating import html_text, is_builtin_template, make_environment, palette_css, static_dir, zone
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -55,13 +56,19 @@ class AdminSite:
             self.widgets.update(widgets)
         # Built-in widget templates nobody overrides render as macros of widgets/_macros.html
         # (imported once per form); an overridden one is included, so its own markup shows.
-        from crmkit.web.forms import BUILTIN_WIDGETS
+        from crmkit.web.forms import BUILTIN_WIDGETS, PYTHON_WIDGETS
 
         self.widget_macros: dict[str, str] = {
             name: name.rsplit("/", 1)[-1].removesuffix(".html")
             for name in set(BUILTIN_WIDGETS.values())
             if is_builtin_template(self.env, name)
         }
+        # ... and those of them forms.py draws itself, unless _macros.html is overridden as well.
+        self.python_widgets: frozenset[str] = (
+            frozenset(PYTHON_WIDGETS) if is_builtin_template(self.env, "widgets/_macros.html") else frozenset()
+        )
+        # forms.FormBuilder's per-field widget settings, by (id(field), language): see _static there.
+        self.widget_statics: dict[tuple[int, str], Any] = {}
         self.static_version = _static_version()
         self.icons_url = self.static_url("icons.svg")
         colors: set[str] = set()
@@ -124,6 +131,28 @@ class AdminSite:
             item["current"] = item is best
         return [s for s in sections if s["items"]]
 
+    def menu_html(self, menu: list[dict[str, Any]], icons: str | None = None) -> Markup:
+        """The menu sections as base.html's loop draws them (``menu_html``), built in Python.
+
+        A page has a score of menu items: one string instead of a template loop with four escaped
+        values per item. base.html keeps the loop for callers that pass only ``menu``.
+        """
+        icons = html_text(self.icons_url if icons is None else icons)
+        out = []
+        for section in menu:
+            # .get(key, ""): a missing key prints nothing, as Jinja's Undefined does in the loop.
+            out.append('    <h2 class="nav-h">' + html_text(section.get("label", "")) + "</h2>\n    <ul>\n")
+            for item in section["items"]:
+                out.append(
+                    '      <li><a href="' + html_text(item.get("href", "")) + '"'
+                    + (' aria-current="page"' if item.get("current") else "")
+                    + '><svg class="i" aria-hidden="true"><use href="' + icons + "#"
+                    + html_text(item.get("icon", "")) + '"></use></svg>' + html_text(item.get("label", ""))
+                    + "</a></li>\n"
+                )
+            out.append("    </ul>\n")
+        return Markup("".join(out))
+
     def role_label(self, ctx: PageContext) -> str:
         """The actor's role as the ``user.role`` option label (``営業担当``), or the role name."""
         if ctx.actor is None:
@@ -167,6 +196,8 @@ class AdminSite:
             self.crm.pm, "extra_template_vars", crm=self.crm, template=template, request=request
         ):
             base.update(extra)
+        if "menu_html" not in base:  # drawn from the final ``menu`` (a handler or hook may replace it)
+            base["menu_html"] = self.menu_html(base["menu"], base["icons"])
         html = self.env.get_template(template).render(base)
         return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
 
