@@ -62,6 +62,7 @@ def test_every_admin_page_requires_login(crm, org):
 def test_login_sets_a_hardened_session_cookie_and_logout_ends_it(crm, org):
     client = TestClient(crm.asgi(), follow_redirects=False)
     page = client.get("/admin/login?next=/admin/account/")
+    assert "<title>Sign in to crmkit · crmkit</title>" in page.text  # the tab says what the page is
     response = client.post(
         "/admin/login",
         data={
@@ -78,7 +79,8 @@ def test_login_sets_a_hardened_session_cookie_and_logout_ends_it(crm, org):
     user = crm.records.get("user", org["users"]["admin"]["id"], actor=SYSTEM)
     assert user["last_login_at"] is not None
     # logout: GET only asks, POST (with CSRF) ends the session
-    assert client.get("/admin/logout").status_code == 200
+    confirm = client.get("/admin/logout")
+    assert confirm.status_code == 200 and "<title>Sign out · crmkit</title>" in confirm.text
     assert client.post("/admin/logout", data={}).status_code == 403
     assert client.post("/admin/logout", data={"_csrf": token(client)}).status_code == 303
     assert client.get("/admin/").status_code == 303

@@ -314,7 +314,8 @@ def login_page(ctx: Any) -> Any:
     if request.method == "GET":
         expired = request.session.pop("expired", False)
         return ctx.render(
-            "login.html", next=next_url, username="", error=ctx._("session_expired") if expired else ""
+            "login.html", title=ctx._("sign_in_title"), next=next_url, username="",
+            error=ctx._("session_expired") if expired else "",
         )
     form = ctx.form
     username = str(form.get("username") or "").strip()[:150]
@@ -325,6 +326,7 @@ def login_page(ctx: Any) -> Any:
         minutes = max(1, int(wait // 60) + (1 if wait % 60 else 0))
         return ctx.render(
             "login.html",
+            title=ctx._("sign_in_title"),
             status=429,
             next=next_url,
             username=username,
@@ -334,7 +336,8 @@ def login_page(ctx: Any) -> Any:
     if user is None:
         ctx.site.throttle.failure(*keys)
         return ctx.render(
-            "login.html", status=401, next=next_url, username=username, error=ctx._("login_failed")
+            "login.html", status=401, title=ctx._("sign_in_title"), next=next_url, username=username,
+            error=ctx._("login_failed"),
         )
     ctx.site.throttle.success(keys[0])
     start_session(request, user)
@@ -354,7 +357,7 @@ def logout_page(ctx: Any) -> Any:
     if ctx.request.method == "GET":
         if ctx.actor is None:
             return ctx.redirect("/admin/login")
-        return ctx.render("logout.html")
+        return ctx.render("logout.html", title=ctx._("sign_out"))
     end_session(ctx.request)
     return ctx.redirect("/admin/login", ctx._("signed_out"))
 

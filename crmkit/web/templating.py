@@ -20,7 +20,6 @@ from jinja2 import (
     ChoiceLoader,
     Environment,
     FileSystemLoader,
-    StrictUndefined,
     TemplateNotFound,
     Undefined,
     select_autoescape,
@@ -59,7 +58,7 @@ def make_environment(crm: CRM) -> Environment:
     env = Environment(
         loader=ChoiceLoader(loaders),
         autoescape=select_autoescape(("html", "htm", "xml", "svg"), default_for_string=True, default=True),
-        undefined=StrictUndefined if crm.config.raw.get("debug_templates") else Undefined,
+        undefined=Undefined,  # templates treat optional keys as empty (StrictUndefined would refuse them)
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=False,
