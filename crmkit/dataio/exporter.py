@@ -273,31 +273,30 @@ def _defuse_column(cells: Sequence[str]) -> Sequence[str]:
     return ["'" + c if c[:1] in DANGER else c for c in cells]
 
 
-def _text_column(values: Sequence[Any], titles: dict[str, dict[int, str]]) -> Sequence[Any]:
-    """A column of text cells for CSV: None as "", other values as text, formulas quoted."""
-    n = len(values)
-    nones = values.count(None)
-    if nones == n:
-        return [""] * n
-    cells = ["" if v is None else v for v in values] if nones else values
-    try:
-        return _defuse_column(cells)
-    except TypeError:  # a value that is not text (join refuses it)
-        return [_text_cell(v) for v in cells]
+def _only_text(cells: Sequence[Any]) -> Sequence[Any]:
+    """``cells`` unchanged if every one is text (XLSX: the writer defuses); TypeError otherwise."""
+    "".join(cells)
+    return cells
 
 
-def _typed_text_column(values: Sequence[Any], titles: dict[str, dict[int, str]]) -> Sequence[Any]:
-    """A column of text cells for XLSX: None as "", other values as text (the writer defuses)."""
-    n = len(values)
-    nones = values.count(None)
-    if nones == n:
-        return [""] * n
-    cells = ["" if v is None else v for v in values] if nones else values
-    try:
-        "".join(cells)  # only text: nothing to convert
-        return cells
-    except TypeError:
-        return [_plain_cell(v) for v in cells]
+def _text_column_of(
+    whole: Callable[[Sequence[Any]], Sequence[Any]], one: Callable[[Any], Any]
+) -> Callable[[Sequence[Any], dict[str, dict[int, str]]], Sequence[Any]]:
+    """A text-column formatter: None as "", then ``whole(cells)``, or ``one`` per cell when a
+    value is not text (``whole`` raises TypeError, as ``str.join`` does)."""
+
+    def column(values: Sequence[Any], titles: dict[str, dict[int, str]]) -> Sequence[Any]:
+        n = len(values)
+        nones = values.count(None)
+        if nones == n:
+            return [""] * n
+        cells = ["" if v is None else v for v in values] if nones else values
+        try:
+            return whole(cells)
+        except TypeError:
+            return [one(v) for v in cells]
+
+    return column
 
 
 def _lookup_column(table: Mapping[Any, Any], fallback: Callable[[Any], Any]) -> ColumnFormatter:
@@ -350,6 +349,11 @@ def _text_cell(value: Any) -> str:
 def _plain_cell(value: Any) -> str:
     """A text cell for XLSX (the writer marks formula-like text as text)."""
     return value if isinstance(value, str) else str(value)
+
+
+_text_column = _text_column_of(_defuse_column, _text_cell)  # CSV: formulas quoted
+_typed_text_column = _text_column_of(_only_text, _plain_cell)  # XLSX
+
 
 
 def _defuser(on: bool):
