@@ -25,6 +25,18 @@ with warnings.catch_warnings():
 
 PASSWORD = "correct horse"
 PASSWORD_HASH = hash_password(PASSWORD)  # argon2 is slow on purpose: hash once, store the hash directly
+# An account overlay: a secret field sales reps may not see, and their phone numbers masked.
+MASK_OVERLAY = """\
+extends: account
+fields:
+  secret_code: {type: string, max_length: 50, label: {en: Secret code, ja: 秘密コード}}
+permissions:
+  admin:     {read: all, create: true, update: all, delete: all, export: all}
+  manager:   {read: all, create: true, update: team, delete: team, export: all}
+  sales_rep: {read: team, create: true, update: own, delete: none, export: none,
+              fields: {phone: mask, secret_code: none}}
+"""
+
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 

@@ -19,18 +19,7 @@ from crmkit.core.actors import SYSTEM
 from crmkit.core.tokens import TOKEN_TABLE, create_token, list_tokens, revoke_token
 from crmkit.web.api import RecordAction
 from tests.conftest import run_cli
-
-MASK_OVERLAY = """\
-extends: account
-fields:
-  secret_code: {type: string, max_length: 50, label: {en: Secret code, ja: 秘密コード}}
-permissions:
-  admin:     {read: all, create: true, update: all, delete: all, export: all}
-  manager:   {read: all, create: true, update: team, delete: team, export: all}
-  sales_rep: {read: team, create: true, update: own, delete: none, export: none,
-              fields: {phone: mask, secret_code: none}}
-"""
-
+from tests.support import MASK_OVERLAY
 
 # ------------------------------------------------------------------------------------------------
 # Helpers (test_openapi.py uses them too)
