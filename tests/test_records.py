@@ -15,6 +15,7 @@ from crmkit.core.errors import BadRequest, ConflictError, NotFound, PermissionDe
 from crmkit.core.migrations import apply_migration
 from crmkit.core.records import utcnow
 from crmkit.plugins import PluginError
+from tests.support import MASK_OVERLAY
 
 
 def make_crm(tmp_path, db_url, plugins=()):
@@ -146,22 +147,12 @@ def test_audit_history_field_level(crm):
     assert any(h["action"] == "create" and h["field"] == "name" and h["source"] == "ui" for h in history)
 
 
-MASKED_ACCOUNT = """\
-extends: account
-fields:
-  secret_code: {type: string, max_length: 50, label: {en: Secret code, ja: 秘密コード}}
-permissions:
-  admin:     {read: all, create: true, update: all, delete: all, export: all}
-  manager:   {read: all, create: true, update: team, delete: team, export: all}
-  sales_rep: {read: team, create: true, update: own, delete: none, export: none,
-              fields: {phone: mask, secret_code: none}}
-"""
 
 
 def test_a_create_is_audited_as_one_snapshot_row_read_back_field_by_field(tmp_path, db_url):
     overlay = tmp_path / "overlay"
     overlay.mkdir()
-    (overlay / "account_mask.yaml").write_text(MASKED_ACCOUNT, encoding="utf-8")
+    (overlay / "account_mask.yaml").write_text(MASK_OVERLAY, encoding="utf-8")
     crm = CRM(tmp_path, database_url=db_url, schema_paths=[overlay], entry_points=False)
     apply_migration(crm)
     try:
@@ -379,3 +370,156 @@ def test_list_cursor_pages_reuse_statements_with_new_values(crm):
         if not cursor:
             break
     assert seen == [f"Acct {i:02d}" for i in range(7)]
+
+
+class OwnOnlyLeads:
+    """A restrict_query hook whose condition is the same data for every actor (``$me``)."""
+
+    __name__ = "own-only-leads"
+
+    @hookimpl
+    def restrict_query(self, entity, actor):
+        if entity == "lead" and not actor.system:
+            return {"owner": "$me"}
+        return None
+
+
+def _interleaved_reads(store, readers, leads, expect):
+    """Every reader reads every lead, in alternating order, twice: ``expect(reader, lead)`` says whether
+    they may. Reads kept per shape (statements, parsed scopes) must never carry one actor's scope into
+    another's call."""
+    order = [(r, lead) for lead in leads for r in readers] + [(r, lead) for r in reversed(readers) for lead in leads]
+    for reader, lead in order * 2:
+        if expect(reader, lead):
+            assert store.get("lead", lead["id"], actor=reader)["last_name"] == lead["last_name"]
+        else:
+            with pytest.raises(NotFound):
+                store.get("lead", lead["id"], actor=reader)
+    for reader in readers + list(reversed(readers)):
+        for action in ("read", "update"):
+            seen = [r["id"] for r in store.list("lead", actor=reader, action=action, sort="last_name", limit=1).items]
+            allowed = [lead["id"] for lead in sorted(leads, key=lambda x: x["last_name"])
+                       if expect(reader, lead, action)]
+            assert seen == allowed[:1], (reader.username, action)
+            page, walked = None, []
+            while page is None or page.next_cursor:
+                page = store.list("lead", actor=reader, action=action, sort="last_name", limit=1,
+                                  cursor=page.next_cursor if page else None)
+                walked += [r["id"] for r in page.items]
+            assert walked == allowed and page.count == len(allowed), (reader.username, action)
+        found = [i for i, _title in store.search_titles("lead", "lead", actor=reader)]
+        assert sorted(found) == sorted(lead["id"] for lead in leads if expect(reader, lead)), reader.username
+
+
+def test_reads_of_interleaved_actors_keep_each_ones_scope(crm):
+    """Team (read) and own (update) scopes differ only in bound ids: alice and carol (East) and bob
+    (West) alternate get/list/search calls, and each sees exactly their own scope."""
+    users = setup_org(crm)
+    store = crm.records
+    east = users["alice"].primary_team
+    carol_row = store.create("user", {"username": "carol", "display_name": "Carol", "role": "sales_rep",
+                                      "primary_team": east, "password": "correct horse"}, actor=SYSTEM)
+    carol = Actor(carol_row["id"], "carol", "sales_rep", frozenset({east}), east)
+    alice, bob = users["alice"], users["bob"]
+    leads = [store.create("lead", {"last_name": f"Lead {who.username}", "company": "Lead KK"}, actor=who)
+             for who in (alice, bob, carol)]
+    owners = {lead["id"]: lead["owner"] for lead in leads}
+    teams = {lead["id"]: lead["team"] for lead in leads}
+
+    def expect(reader, lead, action="read"):
+        if action == "update":  # sales_rep: update own
+            return owners[lead["id"]] == reader.id
+        return teams[lead["id"]] in reader.team_ids  # sales_rep: read team
+
+    _interleaved_reads(store, [alice, bob, carol], leads, expect)
+
+
+def test_a_hook_condition_with_me_is_resolved_for_each_actor(tmp_path, db_url):
+    """The parsed ``{"owner": "$me"}`` is kept across calls; ``$me`` is still each caller's id."""
+    crm = make_crm(tmp_path, db_url, plugins=[OwnOnlyLeads()])
+    try:
+        users = setup_org(crm)
+        store = crm.records
+        alice, bob = users["alice"], users["bob"]
+        # Both in one team, so the role's own read scope (team) lets each see both: only the hook hides.
+        team = alice.primary_team
+        leads = [store.create("lead", {"last_name": f"Lead {who.username}", "company": "Lead KK", "owner": who.id,
+                                       "team": team}, actor=SYSTEM) for who in (alice, bob)]
+        bob = Actor(bob.id, "bob", "sales_rep", frozenset({team}), team)
+
+        def expect(reader, lead, action="read"):
+            return lead["owner"] == reader.id
+
+        _interleaved_reads(store, [alice, bob], leads, expect)
+    finally:
+        crm.close()
+
+
+def test_get_reads_many_to_many_links_and_hides_fields_per_role(crm):
+    """get (one kept statement per entity) still attaches links and leaves out what a role may not read."""
+    users = setup_org(crm)
+    store = crm.records
+    team = store.get("team", users["alice"].primary_team, actor=SYSTEM)
+    store.update("team", team["id"], {"members": [{"id": users["alice"].id, "role": "member"}]}, actor=SYSTEM)
+    got = store.get("team", team["id"], actor=users["bob"])
+    assert got["members"] == [{"id": users["alice"].id, "role": "member"}]
+    assert "search_text" not in got and got["created_at"].tzinfo is not None
+    me = store.get("user", users["alice"].id, actor=users["alice"])
+    assert "password" not in me and me["username"] == "alice"
+    with pytest.raises(NotFound):
+        store.get("user", "not-a-number", actor=SYSTEM)
+    assert store.titles("user", [users["alice"].id, users["bob"].id, 999999]) == {
+        users["alice"].id: "Alice", users["bob"].id: "Bob"}
+
+
+def test_search_statements_are_reused_with_each_querys_words(crm):
+    """Queries of the same shape (words per folded form) share a statement; results and counts follow
+    each query's own words, also when a page comes back empty and the count runs on its own."""
+    store = crm.records
+    for name in ("Alpha Works", "Bravo Works", "Alpha Bravo", "qx one", "zy two"):
+        store.create("account", {"name": name}, actor=SYSTEM)
+
+    def names(q, **kw):
+        page = store.list("account", actor=SYSTEM, q=q, sort="name", **kw)
+        return [r["name"] for r in page.items], page.count
+
+    assert names("alpha") == (["Alpha Bravo", "Alpha Works"], 2)
+    kept = len(store._list_statements)
+    assert names("bravo") == (["Alpha Bravo", "Bravo Works"], 2)
+    assert names("works") == (["Alpha Works", "Bravo Works"], 2)
+    assert names("zulu") == ([], 0)  # no rows: the count statement gets this query's words too
+    assert len(store._list_statements) == kept  # one shape, one statement
+    assert names("alpha works") == (["Alpha Works"], 1)
+    assert names("bravo works") == (["Bravo Works"], 1)
+    assert names("qx") == (["qx one"], 1)  # short words: LIKE on SQLite, with their own parameter
+    assert names("zy") == (["zy two"], 1)
+    assert names("%") == ([], 0) and names("_") == ([], 0)  # LIKE wildcards stay literal
+    first = store.list("account", actor=SYSTEM, q="works", sort="name", limit=1)
+    second = store.list("account", actor=SYSTEM, q="works", sort="name", limit=1, cursor=first.next_cursor)
+    assert [r["name"] for r in first.items + second.items] == ["Alpha Works", "Bravo Works"]
+    assert sorted(t for _i, t in store.search_titles("account", "bravo", actor=SYSTEM)) == [
+        "Alpha Bravo", "Bravo Works"]
+
+
+def test_get_masks_and_hides_per_role_whichever_role_reads_first(tmp_path, db_url):
+    """What get leaves out or masks is kept per role: a rep's masks never reach an admin, nor the reverse."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "account_mask.yaml").write_text(MASK_OVERLAY, encoding="utf-8")
+    crm = CRM(tmp_path, database_url=db_url, schema_paths=[overlay], entry_points=False)
+    apply_migration(crm)
+    try:
+        users = setup_org(crm)
+        alice, mia = users["alice"], users["mia"]
+        store = crm.records
+        acc = store.create("account", {"name": "Masked KK", "phone": "03-5555-123456", "secret_code": "TOP-42",
+                                       "owner": alice.id, "team": alice.primary_team}, actor=SYSTEM)
+        for reader in (alice, SYSTEM, mia, alice, SYSTEM):
+            got = store.get("account", acc["id"], actor=reader)
+            if reader is alice:
+                assert got["phone"] == "••••3456" and "secret_code" not in got
+            else:
+                assert got["phone"] == "03-5555-123456" and got["secret_code"] == "TOP-42"
+            assert got["name"] == "Masked KK" and "search_text" not in got
+    finally:
+        crm.close()

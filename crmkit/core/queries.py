@@ -205,26 +205,58 @@ def search_condition(conn: sa.Connection, entity: Entity, table: sa.Table, q: st
 
     Words of three or more characters use the trigram index; shorter ones fall back to LIKE
     (a trigram index cannot answer them), still on the normalised text.
+
+    The words are bound parameters named as in :func:`search_terms`, holding this ``q``'s values:
+    a statement built for one query runs for any other of the same shape when given that query's
+    parameters.
     """
     if SEARCH_COLUMN not in table.c:
         raise BadRequest(f"{entity.name} has no searchable fields")
+    shape, params = search_terms(conn.dialect.name, q)
     variants = []
     # Each folded form of the query (plain, and company-name folded so "(株)テスト" finds
     # "テスト株式会社") is tried; within a form, every word must match.
-    for form in text.query_variants(q):
-        words = [w for w in form.split(" ") if w]
-        if words:
-            variants.append(sa.and_(*[_word_condition(conn, entity, table, w) for w in words]))
+    for v, kinds in enumerate(shape):
+        names = [_search_param(v, w) for w in range(len(kinds))]
+        variants.append(sa.and_(*[
+            _word_condition(entity, table, name, params[name], fts) for name, fts in zip(names, kinds, strict=True)
+        ]))
     return sa.or_(*variants) if variants else sa.true()
 
 
-def _word_condition(conn: sa.Connection, entity: Entity, table: sa.Table, word: str) -> sa.ColumnElement[bool]:
-    if conn.dialect.name == "sqlite" and len(word) >= 3:
-        fts = sa.table(fts_table_name(entity.name), sa.column("rowid"))
-        phrase = '"' + word.replace('"', '""') + '"'
-        match = sa.text(f'"{fts_table_name(entity.name)}" MATCH :m').bindparams(m=phrase)
-        return table.c.id.in_(sa.select(fts.c.rowid).where(match))
-    return table.c[SEARCH_COLUMN].like(sa.literal("%" + _escape_like(word) + "%"), escape="\\")
+def search_terms(dialect: str, q: str) -> tuple[tuple[tuple[bool, ...], ...], dict[str, str]]:
+    """The shape of the search for ``q`` on ``dialect`` and the values of its parameters.
+
+    The shape has one entry per non-empty folded form of ``q`` and, in it, one flag per word:
+    True for a trigram full-text match (SQLite, three or more characters), False for LIKE.
+    Queries with the same shape give the same statement from :func:`search_condition`; only the
+    values (``crmkit_q<form>_<word>``: the FTS phrase or the LIKE pattern) differ.
+    """
+    shape: list[tuple[bool, ...]] = []
+    params: dict[str, str] = {}
+    forms = ([w for w in form.split(" ") if w] for form in text.query_variants(q))
+    for v, words in enumerate(f for f in forms if f):
+        kinds = []
+        for w, word in enumerate(words):
+            fts = dialect == "sqlite" and len(word) >= 3
+            kinds.append(fts)
+            params[_search_param(v, w)] = '"' + word.replace('"', '""') + '"' if fts else "%" + _escape_like(word) + "%"
+        shape.append(tuple(kinds))
+    return tuple(shape), params
+
+
+def _search_param(variant: int, word: int) -> str:
+    return f"crmkit_q{variant}_{word}"
+
+
+def _word_condition(entity: Entity, table: sa.Table, name: str, value: str, fts: bool) -> sa.ColumnElement[bool]:
+    param = sa.bindparam(name, value, type_=sa.String())
+    if fts:
+        fts_name = fts_table_name(entity.name)
+        fts_table = sa.table(fts_name, sa.column("rowid"))
+        match = sa.text(f'"{fts_name}" MATCH :{name}').bindparams(param)
+        return table.c.id.in_(sa.select(fts_table.c.rowid).where(match))
+    return table.c[SEARCH_COLUMN].like(param, escape="\\")
 
 
 def _escape_like(value: str) -> str:

@@ -133,6 +133,21 @@ class _ListPlan:
     kept: bool = True  # False: not in the plan cache, so its id() may be reused (no statement caching)
 
 
+@dataclass(frozen=True)
+class _RowReader:
+    """The statements reading one record of an entity by id (``crmkit_id``), built once.
+
+    Building and hashing a fresh ``select(...).where(id == ...)`` costs several times what SQLite
+    needs to run it; a kept statement with a bound id is found in SQLAlchemy's compiled cache
+    without either, and its result columns need no adapting to a new statement.
+    """
+
+    names: tuple[str, ...]  # every column but the search text, in table order
+    select: sa.Select
+    locked: sa.Select  # the same, FOR UPDATE (PostgreSQL writes)
+    many: tuple[Field, ...]  # many-to-many fields: their links are read afterwards
+
+
 class RecordStore:
     """Create, update, delete, get and list records of any catalog entity."""
 
@@ -146,6 +161,12 @@ class RecordStore:
         self._list_plans: dict[tuple[Any, ...], _ListPlan] = {}
         self._list_statements: dict[tuple[Any, ...], tuple[sa.Select, sa.Select | None]] = {}
         self._field_access: dict[tuple[Any, ...], dict[str, str]] = {}
+        # Single-record and title reads by entity, link reads by (entity, field): see _RowReader.
+        self._row_readers: dict[str, _RowReader] = {}
+        self._title_statements: dict[str, sa.Select] = {}
+        self._link_statements: dict[tuple[str, str], tuple[sa.Select, tuple[str, ...]]] = {}
+        self._hidden: dict[tuple[Any, ...], tuple[frozenset[str], frozenset[str]]] = {}
+        self._parsed: dict[tuple[str, Any], conditions.ParsedCondition] = {}  # see _parse
         self.reads = ReadConnections(crm.engine)
         # Entities whose search text includes a path through a reference to the key entity:
         # renaming an account must refresh its contacts' search text.
@@ -228,8 +249,18 @@ class RecordStore:
 
     def get(self, entity: str, id: int, *, actor: Actor) -> dict[str, Any]:
         """One record as the actor may see it; NotFound when missing or outside their scope."""
-        with self.crm.engine.connect() as conn:  # several statements: one snapshot
-            return self._get(conn, entity, id, actor)
+        ent = self._entity(entity)
+        self._require(actor, "read", ent, None)
+        record_id = _int_id(id)
+        conds = self._read_conditions(ent, actor)
+        if self._row_reader(ent).many or _reads_references(conds):
+            # Several statements (the record's links, or records its scope reaches through a
+            # reference): one snapshot for all of them.
+            with self.crm.engine.connect() as conn:
+                return self._get_visible(conn, ent, id, record_id, actor, conds)
+        # One SELECT: no BEGIN/ROLLBACK around it (on SQLite they cost as much as the read).
+        with self.reads.connect() as conn:
+            return self._get_visible(conn, ent, id, record_id, actor, conds)
 
     def list(
         self,
@@ -319,8 +350,13 @@ class RecordStore:
         restrictions = self.restrictions(actor, ent, action)
         values = queries.decode_cursor(keys, cursor) if cursor else None
         # A list page runs two small indexed queries; building and hashing their SQLAlchemy
-        # statements costs more than running them, so each query shape is built once.
-        shape = _shape_key(plan, conn.dialect.name, filter, q, restrictions, actor.params(), limit,
+        # statements costs more than running them, so each query shape is built once. The search
+        # words are bound parameters: every query with the same words-per-form shares one shape
+        # (autocomplete sends a new query on each keystroke).
+        search, search_params = (
+            queries.search_terms(conn.dialect.name, q) if q and q.strip() else (None, {})
+        )
+        shape = _shape_key(plan, conn.dialect.name, filter, search, restrictions, actor.params(), limit,
                            with_count, None if values is None else tuple(v is None for v in values))
         stmts = self._list_statements.get(shape) if shape is not None else None
         if stmts is None:
@@ -342,11 +378,11 @@ class RecordStore:
                 if len(self._list_statements) >= 1024:  # many distinct searches: start afresh
                     self._list_statements.clear()
                 self._list_statements[shape] = stmts
-        params = queries.cursor_params(values) if values is not None else {}
+        params = {**search_params, **queries.cursor_params(values)} if values is not None else search_params
         raw = conn.execute(stmts[0], params).fetchall()
         count, capped = None, False
-        if with_count:
-            n = raw[0][-1] if raw else conn.execute(stmts[1]).scalar_one()  # no rows: ask on its own
+        if with_count:  # no rows: ask on its own
+            n = raw[0][-1] if raw else conn.execute(stmts[1], search_params).scalar_one()
             count, capped = queries.count_result(n)  # (the presenter ignores that extra column)
         has_more = len(raw) > limit
         raw = raw[:limit]
@@ -362,18 +398,16 @@ class RecordStore:
         if not ids:
             return {}
         ent = self._entity(entity)
-        table = self.tables[entity]
-        title_col = table.c[ent.title_field] if ent.title_field in table.c else table.c.id
-        extra: list = []
+        stmt = self._title_statements.get(entity)
+        if stmt is None:  # built once per entity (see _RowReader), the ids bound per call
+            table = self.tables[entity]
+            title_col = table.c[ent.title_field] if ent.title_field in table.c else table.c.id
+            stmt = self._title_statements[entity] = sa.select(table.c.id, title_col).where(
+                table.c.id.in_(sa.bindparam("crmkit_ids", expanding=True))
+            )
         with self.reads.connect() as conn:
-            rows = conn.execute(sa.select(table.c.id, title_col, *extra).where(table.c.id.in_(sorted(ids))))
-            out = {}
-            for row in rows:
-                title = row[1]
-                if extra and row[2]:
-                    title = f"{title or ''} {row[2]}".strip()
-                out[row[0]] = _title_text(row[0], title)
-            return out
+            rows = conn.execute(stmt, {"crmkit_ids": sorted(ids)})
+            return {row[0]: _title_text(row[0], row[1]) for row in rows}
 
     def search_titles(self, entity: str, q: str, *, actor: Actor, limit: int = 10) -> list[tuple[int, str]]:
         """Records matching ``q`` as (id, title) pairs, for reference autocomplete."""
@@ -527,18 +561,26 @@ class RecordStore:
             out[name] = permissions.mask_value(value) if level == "mask" else _as_utc(value)
         return out
 
+    def _row_reader(self, ent: Entity) -> _RowReader:
+        """The kept statements reading one record of ``ent`` (built on first use)."""
+        reader = self._row_readers.get(ent.name)
+        if reader is None:
+            table = self.tables[ent.name]
+            names = tuple(c.key for c in table.c if c.key != SEARCH_COLUMN)  # never shown: not read
+            select = sa.select(*[table.c[n] for n in names]).where(table.c.id == sa.bindparam("crmkit_id"))
+            many = tuple(f for f in ent.user_fields if f.is_many)
+            reader = self._row_readers[ent.name] = _RowReader(names, select, select.with_for_update(), many)
+        return reader
+
     def _fetch_row(self, conn: sa.Connection, ent: Entity, id: int, lock: bool = False) -> dict[str, Any] | None:
-        table = self.tables[ent.name]
-        stmt = sa.select(table).where(table.c.id == id)
-        if lock and conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).mappings().first()
+        reader = self._row_reader(ent)
+        stmt = reader.locked if lock and conn.dialect.name == "postgresql" else reader.select
+        row = conn.execute(stmt, {"crmkit_id": id}).first()
         if row is None:
             return None
-        record = {k: _as_utc(v) for k, v in row.items() if k != SEARCH_COLUMN}
-        many = [f for f in ent.user_fields if f.is_many]
-        if many:
-            self._attach_many(conn, ent, [record], many)
+        record = dict(zip(reader.names, map(_as_utc, row), strict=True))
+        if reader.many:
+            self._attach_many(conn, ent, [record], list(reader.many))
         return record
 
     def _attach_many(self, conn: sa.Connection, ent: Entity, items: list[dict[str, Any]], many: list[Field]) -> None:
@@ -552,17 +594,21 @@ class RecordStore:
         self, conn: sa.Connection, ent: Entity, ids: Sequence[int], f: Field
     ) -> dict[int, list[dict[str, Any]]]:
         """Record id -> the entries of many-to-many field ``f`` (``{"id": target, ...link columns}``)."""
-        link = self.crm.schema.link_tables[(ent.name, f.name)]
-        extra = [c for c in link.c if c.name not in ("id", "source_id", "target_id")]
-        rows = conn.execute(
-            sa.select(link.c.source_id, link.c.target_id, *extra)
-            .where(link.c.source_id.in_(ids)).order_by(link.c.id)
-        ).mappings()
+        kept = self._link_statements.get((ent.name, f.name))
+        if kept is None:  # built once per field (see _RowReader), the ids bound per call
+            link = self.crm.schema.link_tables[(ent.name, f.name)]
+            extra = [c for c in link.c if c.name not in ("id", "source_id", "target_id")]
+            stmt = (
+                sa.select(link.c.source_id, link.c.target_id, *extra)
+                .where(link.c.source_id.in_(sa.bindparam("crmkit_ids", expanding=True))).order_by(link.c.id)
+            )
+            kept = self._link_statements[(ent.name, f.name)] = (stmt, tuple(c.name for c in extra))
+        stmt, extra_names = kept
         by_source: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
-        for r in rows:
-            entry = {"id": r["target_id"]}
-            entry.update({c.name: r[c.name] for c in extra})
-            by_source[r["source_id"]].append(entry)
+        for source_id, target_id, *values in conn.execute(stmt, {"crmkit_ids": list(ids)}):
+            entry = {"id": target_id}
+            entry.update(zip(extra_names, values, strict=True))
+            by_source[source_id].append(entry)
         return by_source
 
     def _fetcher(self, conn: sa.Connection):
@@ -582,20 +628,65 @@ class RecordStore:
 
     def _visible(self, conn: sa.Connection, ent: Entity, record: dict[str, Any], actor: Actor, action: str) -> bool:
         conds = [permissions.scope_condition(ent, actor, action)] + self.restrictions(actor, ent)
+        return self._meets(conn, ent, record, actor, [c for c in conds if c is not None])
+
+    def _read_conditions(self, ent: Entity, actor: Actor) -> list[Any]:
+        """What a record must meet to be read by the actor (as :meth:`_visible` checks for "read")."""
+        conds = [permissions.scope_condition(ent, actor, "read")] + self.restrictions(actor, ent)
+        return [c for c in conds if c is not None]
+
+    def _meets(self, conn: sa.Connection, ent: Entity, record: dict[str, Any], actor: Actor,
+               conds: list[Any]) -> bool:
+        """Whether ``record`` meets every condition; referenced records are read through ``conn``."""
         fetch = self._fetcher(conn)
-        return all(
-            conditions.evaluate(c, record, ent.name, self.catalog, fetch=fetch, params=actor.params())
-            for c in conds if c is not None
-        )
+        return all(self._parse(ent, c).evaluate(record, fetch, actor.params()) for c in conds)
+
+    def _parse(self, ent: Entity, condition: Any) -> conditions.ParsedCondition:
+        """``conditions.parse``, kept per condition: scopes recur on every read and parsing
+        costs more than evaluating. The key holds every value (own/team ids included) with its
+        type; ``$me`` and friends stay unresolved until evaluated with the actor's params."""
+        key = _frozen(condition)
+        if key is None:
+            return conditions.parse(condition, ent, self.catalog)
+        parsed = self._parsed.get((ent.name, key))
+        if parsed is None:
+            parsed = conditions.parse(condition, ent, self.catalog)
+            if len(self._parsed) >= 1024:  # conditions from many distinct ids: start afresh
+                self._parsed.clear()
+            self._parsed[(ent.name, key)] = parsed
+        return parsed
 
     def _get(self, conn: sa.Connection, entity: str, id: int, actor: Actor) -> dict[str, Any]:
         ent = self._entity(entity)
         self._require(actor, "read", ent, None)
-        record = self._fetch_row(conn, ent, _int_id(id))
-        if record is None or not self._visible(conn, ent, record, actor, "read"):
+        record_id = _int_id(id)
+        return self._get_visible(conn, ent, id, record_id, actor, self._read_conditions(ent, actor))
+
+    def _get_visible(self, conn: sa.Connection, ent: Entity, id: Any, record_id: int, actor: Actor,
+                     conds: list[Any]) -> dict[str, Any]:
+        """The record as the actor sees it, given its read conditions; NotFound outside them."""
+        record = self._fetch_row(conn, ent, record_id)
+        if record is None or not self._meets(conn, ent, record, actor, conds):
             raise NotFound(f"{ent.text(actor.locale)} #{id} not found")
         self._require(actor, "read", ent, record)
-        return self._present(ent, record, self.field_access(actor, entity))
+        hidden, masked = self._hidden_masked(actor, ent.name)
+        if not hidden and not masked:
+            # What _present would return: _fetch_row already left out the search text and made
+            # datetimes UTC, and every field is readable.
+            return dict(record)
+        return self._present(ent, record, self.field_access(actor, ent.name))
+
+    def _hidden_masked(self, actor: Actor, entity: str) -> tuple[frozenset[str], frozenset[str]]:
+        """The fields the actor may not read, and those shown masked (kept per role, as field_access)."""
+        key = (entity, actor.role, actor.system, actor.is_admin)
+        found = self._hidden.get(key)
+        if found is None:
+            access = self.field_access(actor, entity)
+            found = self._hidden[key] = (
+                frozenset(n for n, level in access.items() if level in ("none", "write-only")),
+                frozenset(n for n, level in access.items() if level == "mask"),
+            )
+        return found
 
     # ------------------------------------------------------------------------------------------
     # Internals: writing
@@ -901,6 +992,34 @@ class RecordStore:
                 "field": "",
                 "message": f"cannot delete: still referenced by {', '.join(blockers)}; move or delete those first",
             }])
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable key equal only for the same condition data (dicts, lists, scalars, each with its
+    type, so ``1``, ``1.0`` and ``True`` differ); None when it holds anything else."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return (kind, value)
+    if kind is dict:
+        items = []
+        for k, v in value.items():
+            frozen = _frozen(v)
+            if frozen is None or type(k) is not str:
+                return None
+            items.append((k, frozen))
+        return (dict, tuple(items))
+    if kind is list:
+        frozen_items = tuple(_frozen(v) for v in value)
+        return None if None in frozen_items else (list, frozen_items)
+    return None
+
+
+def _reads_references(conds: list[Any]) -> bool:
+    """Whether checking a record against ``conds`` reads other records (a path through a reference)."""
+    return any("." in path for c in conds for path in conditions.fields_used(c))
 
 
 def _int_id(id: Any) -> int:
