@@ -149,56 +149,61 @@ def test_audit_history_field_level(crm):
 
 
 
-def test_a_create_is_audited_as_one_snapshot_row_read_back_field_by_field(tmp_path, db_url):
+@pytest.fixture
+def masked_crm(tmp_path, db_url):
+    """A CRM whose accounts have a field sales reps may not see and phones they see masked."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     (overlay / "account_mask.yaml").write_text(MASK_OVERLAY, encoding="utf-8")
     crm = CRM(tmp_path, database_url=db_url, schema_paths=[overlay], entry_points=False)
     apply_migration(crm)
-    try:
-        users = setup_org(crm)
-        alice = users["alice"]
-        store, audit = crm.records, crm.system_tables["crmkit_audit"]
-        values = {"name": "Snapshot KK", "phone": "03-5555-123456", "secret_code": "TOPSECRET-42",
-                  "employees": 12, "owner": alice.id, "team": alice.primary_team}
-        single = store.create("account", values, actor=SYSTEM, source="ui")
-        [bulk] = store.create_many("account", [{**values, "name": "Snapshot KK 2"}], actor=SYSTEM)
+    yield crm
+    crm.close()
 
-        def rows(record_id):
-            with crm.engine.connect() as conn:
-                return conn.execute(sa.select(audit).where(audit.c.entity == "account",
-                                                           audit.c.record_id == record_id)).mappings().all()
 
-        for record, source in ((single, "ui"), (bulk, "import")):
-            [row] = rows(record["id"])  # one row per create, not one per value
-            assert row["action"] == "create" and row["field"] is None and row["source"] == source
-            history = store.history("account", record["id"], actor=SYSTEM)
-            assert {h["field"]: h["new"] for h in history} == {
-                "name": record["name"], "phone": "03-5555-123456", "secret_code": "TOPSECRET-42",
-                "employees": "12", "owner": str(alice.id), "team": str(alice.primary_team),
-                "type": "prospect",  # the field's default
-            }
-            assert {(h["action"], h["source"], h["old"]) for h in history} == {("create", source, None)}
-            # the reader's field permissions apply to the snapshot's values: masked, hidden
-            seen = {h["field"]: h["new"] for h in store.history("account", record["id"], actor=alice)}
-            assert "secret_code" not in seen and seen["phone"].startswith("••••")
-            assert "TOPSECRET" not in repr(seen) and "5555" not in repr(seen)
+def test_a_create_is_audited_as_one_snapshot_row_read_back_field_by_field(masked_crm):
+    crm = masked_crm
+    users = setup_org(crm)
+    alice = users["alice"]
+    store, audit = crm.records, crm.system_tables["crmkit_audit"]
+    values = {"name": "Snapshot KK", "phone": "03-5555-123456", "secret_code": "TOPSECRET-42",
+              "employees": 12, "owner": alice.id, "team": alice.primary_team}
+    single = store.create("account", values, actor=SYSTEM, source="ui")
+    [bulk] = store.create_many("account", [{**values, "name": "Snapshot KK 2"}], actor=SYSTEM)
 
-        # histories written before snapshots (one row per initial value) read exactly the same
-        with crm.engine.begin() as conn:
-            conn.execute(sa.delete(audit).where(audit.c.record_id == single["id"], audit.c.entity == "account"))
-            at = utcnow()
-            conn.execute(sa.insert(audit), [
-                {"entity": "account", "record_id": single["id"], "action": "create", "field": name,
-                 "old_value": None, "new_value": value, "actor_id": None, "actor_name": "system",
-                 "source": "ui", "at": at}
-                for name, value in (("name", "Snapshot KK"), ("phone", "03-5555-123456"),
-                                    ("secret_code", "TOPSECRET-42"))
-            ])
-        old_style = store.history("account", single["id"], actor=alice)
-        assert [(h["field"], h["new"][:4]) for h in old_style] == [("name", "Snap"), ("phone", "••••")]
-    finally:
-        crm.close()
+    def rows(record_id):
+        with crm.engine.connect() as conn:
+            return conn.execute(sa.select(audit).where(audit.c.entity == "account",
+                                                       audit.c.record_id == record_id)).mappings().all()
+
+    for record, source in ((single, "ui"), (bulk, "import")):
+        [row] = rows(record["id"])  # one row per create, not one per value
+        assert row["action"] == "create" and row["field"] is None and row["source"] == source
+        history = store.history("account", record["id"], actor=SYSTEM)
+        assert {h["field"]: h["new"] for h in history} == {
+            "name": record["name"], "phone": "03-5555-123456", "secret_code": "TOPSECRET-42",
+            "employees": "12", "owner": str(alice.id), "team": str(alice.primary_team),
+            "type": "prospect",  # the field's default
+        }
+        assert {(h["action"], h["source"], h["old"]) for h in history} == {("create", source, None)}
+        # the reader's field permissions apply to the snapshot's values: masked, hidden
+        seen = {h["field"]: h["new"] for h in store.history("account", record["id"], actor=alice)}
+        assert "secret_code" not in seen and seen["phone"].startswith("••••")
+        assert "TOPSECRET" not in repr(seen) and "5555" not in repr(seen)
+
+    # histories written before snapshots (one row per initial value) read exactly the same
+    with crm.engine.begin() as conn:
+        conn.execute(sa.delete(audit).where(audit.c.record_id == single["id"], audit.c.entity == "account"))
+        at = utcnow()
+        conn.execute(sa.insert(audit), [
+            {"entity": "account", "record_id": single["id"], "action": "create", "field": name,
+             "old_value": None, "new_value": value, "actor_id": None, "actor_name": "system",
+             "source": "ui", "at": at}
+            for name, value in (("name", "Snapshot KK"), ("phone", "03-5555-123456"),
+                                ("secret_code", "TOPSECRET-42"))
+        ])
+    old_style = store.history("account", single["id"], actor=alice)
+    assert [(h["field"], h["new"][:4]) for h in old_style] == [("name", "Snap"), ("phone", "••••")]
 
 
 def test_sales_rep_cannot_touch_another_teams_records(crm):
@@ -501,25 +506,18 @@ def test_search_statements_are_reused_with_each_querys_words(crm):
         "Alpha Bravo", "Bravo Works"]
 
 
-def test_get_masks_and_hides_per_role_whichever_role_reads_first(tmp_path, db_url):
+def test_get_masks_and_hides_per_role_whichever_role_reads_first(masked_crm):
     """What get leaves out or masks is kept per role: a rep's masks never reach an admin, nor the reverse."""
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    (overlay / "account_mask.yaml").write_text(MASK_OVERLAY, encoding="utf-8")
-    crm = CRM(tmp_path, database_url=db_url, schema_paths=[overlay], entry_points=False)
-    apply_migration(crm)
-    try:
-        users = setup_org(crm)
-        alice, mia = users["alice"], users["mia"]
-        store = crm.records
-        acc = store.create("account", {"name": "Masked KK", "phone": "03-5555-123456", "secret_code": "TOP-42",
-                                       "owner": alice.id, "team": alice.primary_team}, actor=SYSTEM)
-        for reader in (alice, SYSTEM, mia, alice, SYSTEM):
-            got = store.get("account", acc["id"], actor=reader)
-            if reader is alice:
-                assert got["phone"] == "••••3456" and "secret_code" not in got
-            else:
-                assert got["phone"] == "03-5555-123456" and got["secret_code"] == "TOP-42"
-            assert got["name"] == "Masked KK" and "search_text" not in got
-    finally:
-        crm.close()
+    crm = masked_crm
+    users = setup_org(crm)
+    alice, mia = users["alice"], users["mia"]
+    store = crm.records
+    acc = store.create("account", {"name": "Masked KK", "phone": "03-5555-123456", "secret_code": "TOP-42",
+                                   "owner": alice.id, "team": alice.primary_team}, actor=SYSTEM)
+    for reader in (alice, SYSTEM, mia, alice, SYSTEM):
+        got = store.get("account", acc["id"], actor=reader)
+        if reader is alice:
+            assert got["phone"] == "••••3456" and "secret_code" not in got
+        else:
+            assert got["phone"] == "03-5555-123456" and got["secret_code"] == "TOP-42"
+        assert got["name"] == "Masked KK" and "search_text" not in got
