@@ -96,7 +96,7 @@ def do_import(db: Path, source: Path, profile: bool) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
     if prof:
         prof.enable()
-    result = import_file(crm, "lead", source, actor=SYSTEM, batch_size=5000)
+    result = import_file(crm, "lead", source, actor=SYSTEM)  # batches sized as the product sizes them
     if prof:
         prof.disable()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu

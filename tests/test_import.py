@@ -548,8 +548,10 @@ def test_hundred_thousand_row_csv(crm, tmp_path, backend):
         for i in range(100_000):
             writer.writerow([f"山田{i}", "太郎", f"株式会社テスト{i % 5000}", f"user{i}@example.com",
                              f"03-{i % 10000:04d}-{i % 7919:04d}", "新規" if i % 2 else "対応中"])
-    result = import_file(crm, "lead", path, actor=SYSTEM, batch_size=5000)
+    done = []
+    result = import_file(crm, "lead", path, actor=SYSTEM, on_progress=lambda n, total: done.append(n))
     assert (result.total, result.created, result.failed) == (100_000, 100_000, 0)
+    assert done[0] == 1000 and done[-1] == 100_000 and len(done) < 100  # batches grew past the first 1,000
     table = crm.table("lead")
     with crm.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 100_000
@@ -561,6 +563,24 @@ def test_hundred_thousand_row_csv(crm, tmp_path, backend):
         working = conn.execute(sa.select(sa.func.count()).where(table.c.status == "working")).scalar()
     assert working == 50_000
     assert journal.get(crm, result.import_id)["created"] == 100_000
+
+
+def test_batches_start_small_then_aim_at_a_time_per_batch(crm, tmp_path, monkeypatch):
+    from crmkit.dataio import importer
+
+    clock = iter(range(10**6))  # every batch "takes" one second on this clock
+    monkeypatch.setattr(importer, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(importer, "FIRST_BATCH", 10)
+    monkeypatch.setattr(importer, "MAX_BATCH", 100)
+    monkeypatch.setattr(importer, "BATCH_SECONDS", 3.0)
+    path = write_csv(tmp_path / "many.csv", [["last_name"]] + [[f"L{i}"] for i in range(300)], "utf-8")
+    done: list[int] = []
+    result = import_file(crm, "lead", path, actor=SYSTEM, on_progress=lambda n, total: done.append(n))
+    # 10 rows took "1 s": 3 s allow 30; growth is at most 4x a batch, and MAX_BATCH caps it
+    assert done == [10, 40, 130, 230, 300] and result.created == 300
+    fixed: list[int] = []
+    import_file(crm, "lead", path, actor=SYSTEM, batch_size=64, on_progress=lambda n, total: fixed.append(n))
+    assert fixed == [64, 128, 192, 256, 300]
 
 
 # ---------------------------------------------------------------------------------------------
