@@ -10,6 +10,7 @@ from crmkit import hookimpl
 from crmkit.core import duplicates as dup
 from crmkit.core.actors import SYSTEM
 from crmkit.core.errors import NotFound, PermissionDenied
+from crmkit.core.text import normalize_search
 from crmkit.dataio import import_file
 from crmkit.plugins import PluginError
 from tests.support import actor_of, login, make_crm, make_org, owned, token
@@ -29,6 +30,37 @@ def test_normalisers():
     assert dup.normalize("company", "ACME, Inc.") == dup.normalize("company", "acme") == "acme"
     assert dup.normalize("text", "ヤマダ　タロウ") == dup.normalize("text", "やまだたろう")
     assert dup.similarity("やまだたろう", "やまだたろー") >= 80 and dup.similarity("smith john", "john smith") == 100
+
+
+
+def test_text_and_phone_keys_ignore_every_kind_of_whitespace_and_punctuation():
+    for phone in ("(03) 1234.5678", "03 1234 5678", "03\t1234\u30005678", "０３−１２３４−５６７８", " 03.1234.5678 "):
+        assert dup.normalize("phone", phone) == "+81312345678", phone
+    for name in ("ヤマダ\tタロウ", "やまだ\u3000 たろう", "ﾔﾏﾀﾞ\x1fﾀﾛｳ", " YAMADA taro\n"):
+        assert dup.normalize("text", name) == dup._SPACES.sub("", normalize_search(name.strip())), name
+    assert dup.normalize("text", {"a": "ヤマダ", "b": "", "c": "タロウ"}) == "やまだたろう"
+    assert dup.normalize("exact", 12) == "12"
+    assert dup.normalize("email", None) == "" and dup.normalize("phone", " ") == ""
+
+
+def test_keys_of_is_each_rules_key_of(crm):
+    keys = dup.Keys(crm)
+    keys.rules = {"lead": dup.rules_of(crm.catalog["lead"]) + [
+        dup.Rule("lead", "pair", {}, (dup.Key("last_name", "text"), dup.Key("email", "email"))),
+        dup.Rule("lead", "exact", {}, (dup.Key("company", "exact"),)),
+    ]}
+    records = [
+        {"email": " A@Example.COM ", "phone": "03-1234-5678", "company": "株式会社テスト", "last_name": "ヤマダ"},
+        {"email": None, "phone": "", "company": "  ", "last_name": "x"},
+        {"email": "b@example.com", "last_name": None, "company": "A" * 300, "phone": "+1 (415) 555-0100"},
+        {"email": "c@example.com", "last_name": "Ｓｍｉｔｈ", "company": {"name": "ACME Inc."}, "phone": 312345678},
+    ]
+    for record in records:
+        expected = [(r.name, k) for r in keys.rules["lead"] if (k := r.key_of(record, keys.region)) is not None]
+        assert keys.keys_of("lead", record) == expected
+    assert [name for name, _k in keys.keys_of("lead", records[0])] == ["email", "phone", "company_person", "pair",
+                                                                      "exact"]
+    assert dict(keys.keys_of("lead", records[2]))["exact"].startswith("#")  # over KEY_MAX: a digest
 
 
 def test_rules_come_from_yaml_and_bad_rules_are_refused(crm, tmp_path, db_url):

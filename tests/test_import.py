@@ -583,6 +583,24 @@ def test_batches_start_small_then_aim_at_a_time_per_batch(crm, tmp_path, monkeyp
     assert fixed == [64, 128, 192, 256, 300]
 
 
+def test_the_garbage_collector_runs_less_often_during_an_import_only(crm, tmp_path):
+    import gc
+
+    before = gc.get_threshold()
+    path = write_csv(tmp_path / "few.csv", [["last_name"]] + [[f"L{i}"] for i in range(30)], "utf-8")
+    during: list[tuple[int, ...]] = []
+    import_file(crm, "lead", path, actor=SYSTEM, batch_size=10,
+                on_progress=lambda n, t: during.append(gc.get_threshold()))
+    assert during == [(50_000, 20, 100)] * 3 and gc.get_threshold() == before
+
+    def stop(done: int, total: int) -> None:
+        raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError):  # restored when the import stops half-way too
+        import_file(crm, "lead", path, actor=SYSTEM, batch_size=10, on_progress=stop)
+    assert gc.get_threshold() == before
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
@@ -686,3 +704,94 @@ def test_docs_example_runs(crm, tmp_path):
     path = tmp_path / "leads.csv"
     exec(compile(code, "docs/import_export.md", "exec"), {"crm": crm, "path": path})  # noqa: S102
     assert path.with_suffix(".xlsx").exists() and leads(crm) == []  # imported, exported, undone
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-cell fast paths give what the general code gives
+# ---------------------------------------------------------------------------------------------
+def test_cells_rows_and_audit_snapshots_of_an_import_are_exact(crm, tmp_path):
+    import json
+
+    from crmkit.core.audit import encode
+
+    delivered = []
+
+    class EventOnly:  # a track_event taking only the event, next to one that fails
+        @hookimpl
+        def track_event(self, event):
+            delivered.append(event.record_id)
+
+    class Broken:
+        @hookimpl
+        def track_event(self, crm, event):
+            raise RuntimeError("boom")
+
+    crm.pm.register(EventOnly())
+    crm.pm.register(Broken())
+    tricky = 'say "hi" \\ back\u2028line\ttab \x01 ünï 日本'
+    path = write_csv(tmp_path / "cells.csv", [
+        ["last_name", "first_name", "company", "phone", "status", "source", "title"],
+        ["A", tricky, "'=SUM(A1)", "０３－１２３４－５６７８", "New", "紹介", "'plain"],
+        ["", "", "", "", "", "", ""],
+        [" ", "\t", "", "", "", "", ""],
+        ["", "B-first", "Only first cell blank", "03 1234 5678", "new", "referral", ""],
+        ["C", "", "", "12-34", "", "", ""],
+        ["D", "", "", "", "nope", "", ""],
+    ], "utf-8")
+    result = import_file(crm, "lead", path, actor=SYSTEM)
+    # blank rows are skipped; a row whose first cell alone is blank is read (and refused: last name)
+    assert (result.total, result.created, result.failed) == (4, 1, 3)
+    problems = {e.row: e.message for e in result.errors}
+    assert problems == {
+        5: "last_name: is required",
+        6: "phone: must be a phone number (digits, spaces, +, -, parentheses)",
+        7: "status: must be one of: new, working, nurturing, qualified, unqualified, converted",
+    }
+    (stored,) = leads(crm)
+    assert stored["first_name"] == tricky.strip() and stored["company"] == "=SUM(A1)"
+    assert stored["phone"] == "03-1234-5678" and stored["title"] == "'plain"
+    assert (stored["status"], stored["source"]) == ("new", "referral")
+    assert delivered == [stored["id"]]
+    audit = crm.system_tables["crmkit_audit"]
+    with crm.engine.connect() as conn:
+        (snapshot,) = conn.execute(sa.select(audit.c.new_value).where(audit.c.action == "create")).scalars()
+    record = crm.records.get("lead", stored["id"], actor=SYSTEM)
+    from crmkit.core.audit import audited_fields
+
+    expected = {name: record[name] if isinstance(record[name], str) else encode(record[name])
+                for name in audited_fields(crm.catalog["lead"]) if record.get(name) is not None}
+    assert snapshot == json.dumps(expected, ensure_ascii=False)
+
+
+def test_audit_snapshot_is_the_json_of_the_encoded_values():
+    import decimal
+    import json
+
+    from crmkit.core.audit import encode, snapshot
+
+    values = {"s": 'q"\\\n\u2028\x7f é 日', "i": 3, "b": False, "d": decimal.Decimal("1.50"),
+              "t": dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.UTC), "day": dt.date(2026, 1, 2), "l": ["b", "a"],
+              "m": {"z": 1, "a": [1, 2]}, "none": None, "empty": ""}
+    fields = ["s", "i", "b", "d", "t", "day", "l", "m", "none", "empty", "missing", "i"]
+    expected = {}
+    for name in fields:
+        if values.get(name) is not None:
+            expected[name] = values[name] if type(values[name]) is str else encode(values[name])
+    assert snapshot(values, fields) == json.dumps(expected, ensure_ascii=False)
+    assert snapshot({"a": None}, ["a", "b"]) is None
+
+
+def test_enum_cells_take_the_first_option_whose_value_or_label_matches(crm):
+    from crmkit.core.catalog import Field
+    from crmkit.core.fieldtypes import InvalidValue
+
+    f = Field("kind", "enum", {"en": "Kind"}, {"options": [
+        {"value": "a", "label": {"en": "b", "ja": "エー"}},
+        {"value": "b", "label": {"en": "Bee", "ja": "a"}},
+        {"value": "c"},
+    ]})
+    coerce = crm.field_types["enum"].coerce
+    assert [coerce(f, v) for v in ("a", " b ", "エー", "Bee", "c", None, "  ")] == ["a", "a", "a", "b", "c", None, None]
+    with pytest.raises(InvalidValue, match="must be one of: a, b, c"):
+        coerce(f, "d")
+    assert coerce(Field("n", "enum", {"en": "N"}, {"options": [{"value": "1"}]}), 1) == "1"

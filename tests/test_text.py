@@ -124,3 +124,45 @@ def test_query_variants_are_distinct_and_non_empty():
 def test_long_values_get_no_company_form():
     long = "株式会社テスト " * 40
     assert SEPARATOR not in search_text([long])
+
+
+# The company key's definition, written with the module's own expressions and none of the cheap
+# tests that skip them: normalize_company must give exactly this for any text.
+def _company_key_by_definition(name):
+    import crmkit.core.text as t
+
+    folded = normalize_search(name)
+    if not folded:
+        return ""
+    stripped = t._LATIN_RE.sub(" ", folded if folded.isascii() else t._JA_RE.sub(" ", folded))
+    return t._NOT_WORD_RE.sub("", stripped) or t._NOT_WORD_RE.sub("", folded)
+
+
+_COMPANY_PIECES = [
+    "Acme", "acme", " ", "  ", "-", ".", "@", "_", ",", "&", "'", "(", ")", "株式会社", "(株)", "（有）", "㈱", "法人",
+    "一般社団法人", "会社", "Inc.", "inc", "Co., Ltd.", "co.ltd", "Corp", "Corporation", "LLC", "K.K.", "k. k", "KK",
+    "GmbH", "Limited", "Cohen", "Incredible", "テスト", "ﾃｽﾄ", "サンプル", "ー", "−", "１２３", "12", "user0",
+    "example", "co", "jp", "ｋｋ", "Ｉｎｃ．", "①", "²", "\u3000", "\t", "é", "ß",
+]
+
+
+def test_company_key_is_its_definition_for_many_names():
+    import random
+
+    rng = random.Random(8)
+    names = ["".join(rng.choice(_COMPANY_PIECES) for _ in range(rng.randint(1, 6))) for _ in range(4000)]
+    names += ["user0@example15.co.jp", "09-1542-5991", "Acme 84890 Inc.", "株式会社サンプル56281", "foo_bar", "a_b c",
+              "(株)", "Inc.", "---", "@.", "Initech 165314 LLC", "テスト 株式会社", "ＡＣＭＥ　Ｋ．Ｋ．"]
+    for name in names:
+        assert normalize_company(name) == _company_key_by_definition(name), name
+
+
+def test_search_text_of_mixed_values_is_each_values_forms_in_order_once():
+    values = ["Acme Inc.", None, "", {"city": "渋谷区", "street": "Acme Inc."}, ["a", "b", "a"], 42, True, "acme"]
+    expected = []
+    for raw in ["Acme Inc.", "渋谷区", "Acme Inc.", "a", "b", "a", "42", "acme"]:
+        for form in (normalize_search(raw), normalize_company(raw)):
+            if form and form not in expected:
+                expected.append(form)
+    assert search_text(values) == SEPARATOR.join(expected)
+    assert search_text(["only"]) == "only" and search_text([]) == "" and search_text([None, ""]) == ""

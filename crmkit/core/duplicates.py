@@ -164,11 +164,7 @@ def check_rules(entity: Entity) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 def normalize(kind: str, value: Any, region: str = DEFAULT_REGION) -> str:
     """A value folded for matching (``email``, ``phone``, ``company``, ``text`` or ``exact``)."""
-    if value is None:
-        return ""
-    if isinstance(value, Mapping):
-        value = " ".join(str(v) for v in value.values() if v)
-    raw = str(value).strip()
+    raw = _stripped(value)
     if not raw:
         return ""
     if kind == "email":
@@ -179,7 +175,36 @@ def normalize(kind: str, value: Any, region: str = DEFAULT_REGION) -> str:
         return text.normalize_company(raw)
     if kind == "exact":
         return raw
-    return _SPACES.sub("", text.normalize_search(raw))
+    return _fold_text(raw)
+
+
+def _stripped(value: Any) -> str:
+    """The text a key value is normalised from (a mapping's non-empty values joined)."""
+    if value.__class__ is str:
+        return value.strip()
+    if value is None:
+        return ""
+    if isinstance(value, Mapping):
+        value = " ".join(str(v) for v in value.values() if v)
+    return str(value).strip()
+
+
+def _fold_text(raw: str) -> str:
+    # normalize_search leaves single spaces as its only whitespace, so removing spaces removes \s+
+    return text.normalize_search(raw).replace(" ", "")
+
+
+def _normalizer(kind: str, region: str) -> Any:
+    """``value -> normalize(kind, value, region)``, with the choice of ``kind`` made once."""
+    if kind == "email":
+        return lambda value: _stripped(value).lower()
+    if kind == "phone":
+        return lambda value: normalize_phone(raw, region) if (raw := _stripped(value)) else ""
+    if kind == "company":
+        return lambda value: text.normalize_company(_stripped(value))
+    if kind == "exact":
+        return _stripped
+    return lambda value: _fold_text(raw) if (raw := _stripped(value)) else ""
 
 
 _JP_NATIONAL = re.compile(r"0(?!10)[1-9][0-9]{8,9}")  # trunk 0 + 9-10 digits (010 dials abroad)
@@ -188,11 +213,13 @@ _PHONE_PUNCT = re.compile(r"[\s\-().]+")
 
 def normalize_phone(raw: str, region: str = DEFAULT_REGION) -> str:
     """E.164 (``+81312345678``) when the number parses; its digits otherwise."""
-    folded = text.normalize_search(raw)
+    # (normalize_search's result for ASCII text, without the call)
+    folded = " ".join(raw.casefold().split()) if raw and raw.isascii() else text.normalize_search(raw)
     if region == "JP":
         # The common case without phonenumbers' full parse (it runs on every saved record):
         # a national number is the trunk 0 plus 9-10 digits, and E.164 drops the 0 for +81.
-        compact = _PHONE_PUNCT.sub("", folded)
+        # (_PHONE_PUNCT.sub("", folded), by replace: a folded text's only whitespace is " ")
+        compact = folded.replace(" ", "").replace("-", "").replace("(", "").replace(")", "").replace(".", "")
         if _JP_NATIONAL.fullmatch(compact):
             return "+81" + compact[1:]
     import phonenumbers
@@ -258,14 +285,33 @@ class Keys:
         self.rules = {e.name: rules_of(e) for e in crm.catalog}
         self.region = str(crm.config.section("duplicates").get("default_region") or DEFAULT_REGION)
         self._insert_sql: str | None = None
+        self._plans: dict[str, tuple[Any, int, list[tuple[str, list[tuple[str, Any]]]]]] = {}  # see keys_of
 
     def keys_of(self, entity: str, record: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """``[(rule, key)]`` of a record."""
+        """``[(rule, key)]`` of a record (what each rule's :meth:`Rule.key_of` gives)."""
+        rules = self.rules.get(entity, ())
+        entry = self._plans.get(entity)
+        if entry is None or entry[0] is not rules or entry[1] != len(rules):  # rules replaced or added to
+            entry = self._plans[entity] = (rules, len(rules), [
+                (rule.name, [(k.field, _normalizer(k.normalize, self.region)) for k in rule.keys]) for rule in rules
+            ])
+        plan = entry[2]
         out = []
-        for rule in self.rules.get(entity, ()):
-            key = rule.key_of(record, self.region)
-            if key is not None:
-                out.append((rule.name, key))
+        get = record.get
+        for name, parts in plan:
+            if len(parts) == 1:  # the usual rule of one key
+                field, fold = parts[0]
+                key = fold(get(field))
+                if not key:
+                    continue
+            else:
+                values = [fold(get(field)) for field, fold in parts]
+                if not all(values):
+                    continue
+                key = "\u001f".join(values)
+            if len(key) > KEY_MAX:  # long values still match exactly, through a digest
+                key = "#" + hashlib.sha256(key.encode()).hexdigest()
+            out.append((name, key))
         return out
 
     def write(self, conn: sa.Connection, entity: str, record: Mapping[str, Any], *, new: bool) -> None:

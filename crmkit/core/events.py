@@ -32,9 +32,25 @@ def dispatch(crm: CRM, events: list[Event]) -> None:
     Called only after the transaction that produced the events committed, so a plugin never
     hears of a write that was rolled back, and cannot undo one that was not.
     """
+    if not events:
+        return
+    # the implementations and the arguments each takes, looked up once for all the events (an
+    # import dispatches a record.created per row)
+    impls = [(impl, "crm" in impl.argnames, "event" in impl.argnames)
+             for impl in reversed(crm.pm.hook.track_event.get_hookimpls())]
+    if not impls:
+        return
     for event in events:
-        for impl in reversed(crm.pm.hook.track_event.get_hookimpls()):
+        for impl, takes_crm, takes_event in impls:
             try:
-                impl.function(**{k: v for k, v in {"crm": crm, "event": event}.items() if k in impl.argnames})
+                if takes_crm and takes_event:
+                    impl.function(crm=crm, event=event)
+                else:
+                    kwargs: dict[str, Any] = {}
+                    if takes_crm:
+                        kwargs["crm"] = crm
+                    if takes_event:
+                        kwargs["event"] = event
+                    impl.function(**kwargs)
             except Exception:
                 log.exception("plugin %s failed in track_event for %s", impl.plugin_name, event.name)

@@ -53,6 +53,8 @@ _LATIN_RE = re.compile(
     r"co\.?\s*,?\s*ltd\.?|inc\.?|co\.|ltd\.?|limited|corporation|corp\.?|llc\.?|k\.\s?k\.?|kk|gmbh"
     r")(?![a-z0-9])"
 )
+# Every match of _LATIN_RE contains one of these (a cheap test that skips the look-behinds).
+_LATIN_HINT_RE = re.compile(r"co|inc|ltd|limited|llc|k\.|kk|gmbh")
 _NOT_WORD_RE = re.compile(r"[\W_]+")  # punctuation, symbols, spaces (Unicode-aware)
 _LONG_VOWEL_RE = re.compile(r"(?<=[\u3041-\u309f])-+")
 #: Values longer than this (notes, descriptions) get no company form in the search text: it would
@@ -83,15 +85,32 @@ def normalize_company(name: str | None) -> str:
     ``ACME Inc.``, ``Acme, Inc`` and ``acme`` all give ``acme``. A name that is nothing but a
     legal form keeps its folded letters rather than becoming "".
     """
-    return _company_key(normalize_search(name))
+    if not name:
+        return ""
+    return _company_key(" ".join(name.casefold().split()) if name.isascii() else normalize_search(name))
 
 
 def _company_key(folded: str) -> str:
     if not folded:
         return ""
-    stripped = _LATIN_RE.sub(" ", folded if folded.isascii() else _JA_RE.sub(" ", folded))
-    key = _NOT_WORD_RE.sub("", stripped)
-    return key or _NOT_WORD_RE.sub("", folded)
+    stripped = folded
+    # Each regex runs only when the text holds what every one of its matches contains: most
+    # names, e-mail addresses and phone numbers have no legal form at all.
+    if not folded.isascii() and ("会社" in folded or "法人" in folded or "(" in folded):
+        stripped = _JA_RE.sub(" ", folded)
+    if _LATIN_HINT_RE.search(stripped) is not None:
+        stripped = _LATIN_RE.sub(" ", stripped)
+    key = _without_punctuation(stripped)
+    return key or _without_punctuation(folded)
+
+
+def _without_punctuation(text: str) -> str:
+    """``_NOT_WORD_RE.sub("", text)``; str.isalnum() is exactly "no \\W and no _", so it decides the common case."""
+    if text.isalnum():
+        return text
+    # the usual separators (all \W) removed by str.replace first; what is left is often a word
+    text = text.replace(" ", "").replace("-", "").replace(".", "").replace("@", "")
+    return text if text.isalnum() else _NOT_WORD_RE.sub("", text)
 
 
 def _flatten(values: Iterable[object]) -> Iterable[str]:
@@ -119,22 +138,27 @@ def search_text(values: Iterable[object]) -> str:
     Dicts contribute their values, lists their items; duplicates are kept once.
     """
     parts: list[str] = []
-    seen: set[str] = set()
-    for raw in _flatten(values):
-        # Short values (names, enum labels, prefectures, titles) repeat from record to record,
-        # so their forms are cached; long ones (notes) are folded each time.
-        forms = _forms(raw) if len(raw) <= COMPANY_FORM_MAX else _forms.__wrapped__(raw)
-        for form in forms:
-            if form not in seen:
-                seen.add(form)
-                parts.append(form)
-    return SEPARATOR.join(parts)
+    forms_of = _forms
+    for value in values:
+        if type(value) is str:  # the common cases, without the generator of _flatten
+            if not value:
+                continue
+            # Short values (names, enum labels, prefectures, titles) repeat from record to record,
+            # so their forms are cached; long ones (notes) are folded each time.
+            parts += forms_of(value) if len(value) <= COMPANY_FORM_MAX else _forms.__wrapped__(value)
+            continue
+        if value is None:
+            continue
+        for raw in _flatten((value,)):
+            parts += _forms(raw) if len(raw) <= COMPANY_FORM_MAX else _forms.__wrapped__(raw)
+    # dict.fromkeys keeps the first of equal forms, in order
+    return SEPARATOR.join(dict.fromkeys(parts)) if len(parts) > 1 else (parts[0] if parts else "")
 
 
 @lru_cache(maxsize=1 << 15)
 def _forms(raw: str) -> tuple[str, ...]:
     """The distinct non-empty forms one value adds to a search text (see :func:`search_text`)."""
-    folded = normalize_search(raw)
+    folded = " ".join(raw.casefold().split()) if raw.isascii() else normalize_search(raw)  # (its ASCII case)
     if not folded:
         return ()
     company = _company_key(folded) if len(folded) <= COMPANY_FORM_MAX else ""

@@ -183,7 +183,8 @@ def _open_csv(path: Path, forced: str | None) -> Table:
     def rows() -> Iterator[tuple[int, list[Any]]]:
         try:
             for number, cells in enumerate(reader, start=2):
-                if any(c.strip() for c in cells):
+                # a row with a first cell is kept without looking further (most rows)
+                if cells and (cells[0].strip() or any(c.strip() for c in cells)):
                     yield number, cells
         except csv.Error as exc:
             raise ReadError(f"line {reader.line_num}: {exc}") from None

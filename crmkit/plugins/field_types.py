@@ -6,6 +6,7 @@ import datetime as dt
 import decimal
 import json
 import re
+import unicodedata
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,20 +53,27 @@ def _bounds(f, value):
 
 
 def coerce_string(f, value):
-    if _blank(value):
-        return None
-    if not isinstance(value, str):
+    if value.__class__ is str:  # the common case: one strip tells blank and gives the value
+        stripped = value.strip()
+        if not stripped:
+            return None
+        if f.type != "text":
+            value = stripped
+    else:
+        if _blank(value):
+            return None
         if isinstance(value, bool | dict | list):
             raise InvalidValue("must be text")
         value = str(value)
-    value = value.strip() if f.type != "text" else value
-    maxlen = f.spec.get("max_length")
+        value = value.strip() if f.type != "text" else value
+    spec = f.spec
+    maxlen = spec.get("max_length")
     if maxlen and len(value) > maxlen:
         raise InvalidValue(f"must be at most {maxlen} characters (got {len(value)})")
-    minlen = f.spec.get("min_length")
+    minlen = spec.get("min_length")
     if minlen and len(value) < minlen:
         raise InvalidValue(f"must be at least {minlen} characters")
-    pattern = f.spec.get("pattern")
+    pattern = spec.get("pattern")
     if pattern and not re.fullmatch(pattern, value):
         raise InvalidValue(f"must match the pattern {pattern}")
     return value
@@ -187,10 +195,9 @@ def coerce_phone(f, value):
     value = coerce_string(f, value)
     if value is None:
         return None
-    import unicodedata
-
-    value = unicodedata.normalize("NFKC", value).replace("ー", "-").replace("‐", "-").replace("−", "-")
-    if not _PHONE_RE.match(value) or sum(c.isdigit() for c in value) < 6:
+    if not value.isascii():  # ASCII is its own NFKC form and holds none of the dashes replaced
+        value = unicodedata.normalize("NFKC", value).replace("ー", "-").replace("‐", "-").replace("−", "-")
+    if not _PHONE_RE.match(value) or sum(map(str.isdigit, value)) < 6:
         raise InvalidValue("must be a phone number (digits, spaces, +, -, parentheses)")
     return value
 
@@ -207,14 +214,46 @@ def coerce_url(f, value):
 
 
 def coerce_enum(f, value):
-    if _blank(value):
+    if value.__class__ is str:
+        value = value.strip()
+        if not value:
+            return None
+    elif _blank(value):
         return None
-    value = str(value).strip()
-    for opt in f.options:
+    else:
+        value = str(value).strip()
+    found = _enum_lookup(f.options).get(value)
+    if found is not None:
+        return found
+    for opt in f.options:  # not found: the loop the lookup stands for, then the error
         if value == opt.value or value in opt.label.values():
             return opt.value
     allowed = ", ".join(o.value for o in f.options)
     raise InvalidValue(f"must be one of: {allowed}")
+
+
+_ENUM_LOOKUPS: dict[int, tuple[tuple[Any, ...], dict[str, str]]] = {}
+
+
+def _enum_lookup(options: tuple[Any, ...]) -> dict[str, str]:
+    """``text -> option value`` of a field's (immutable) options: what coerce_enum's loop finds first.
+
+    Keyed by the options tuple's id, with the tuple kept so the id cannot be reused; bounded by
+    clearing (a process loads few catalogs).
+    """
+    entry = _ENUM_LOOKUPS.get(id(options))
+    if entry is not None and entry[0] is options:
+        return entry[1]
+    lookup: dict[str, str] = {}
+    for opt in options:  # the first option whose value or label equals the text wins, as in the loop
+        for text in (opt.value, *opt.label.values()):
+            if isinstance(text, str):
+                lookup.setdefault(text, opt.value)
+    if type(options) is tuple:  # a list could change under the cache
+        if len(_ENUM_LOOKUPS) >= 4096:
+            _ENUM_LOOKUPS.clear()
+        _ENUM_LOOKUPS[id(options)] = (options, lookup)
+    return lookup
 
 
 def coerce_multi_enum(f, value):
