@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 
-from crmkit import CRM
+from crmkit import CRM, hookimpl
 from crmkit.core.actors import SYSTEM
 from crmkit.plugins.admin_commands import migrate
 from tests.conftest import run_cli
@@ -606,6 +606,38 @@ def test_filters_sort_paging_and_count(crm, org):
     assert 'aria-sort="descending"' in desc
     assert client.get("/admin/account/", params={"sort": "-nope"}).status_code == 400
     assert client.get("/admin/account/", params={"f.nope": "1"}).status_code == 400
+
+
+class _OnlyMyself:
+    """A restrict_query hook: a non-admin lists (and picks from) only their own user record."""
+
+    __name__ = "only-myself"
+
+    @hookimpl
+    def restrict_query(self, entity, actor):
+        if entity == "user" and not actor.is_admin:
+            return {"id": "$me"}
+        return None
+
+
+def test_list_reference_titles_match_whether_or_not_the_owner_filter_read_them(crm, org):
+    """The list names owners from the user choices its filters already read, and the rest by query:
+    the same names either way, also for users the reader's choices leave out."""
+    store = crm.records
+    for name, who in (("Acc A", "alice"), ("Acc B", "bob"), ("Acc M", "mia")):
+        store.create("account", {"name": name, **owned(org, who)}, actor=SYSTEM)
+    users = org["users"]
+    links = {u: f'<a href="/admin/user/{users[u]["id"]}">{users[u]["display_name"]}</a>' for u in users}
+    page = login(crm).get("/admin/account/").text
+    assert all(links[u] in page for u in ("alice", "bob", "mia"))
+    crm.pm.register(_OnlyMyself(), name="only-myself")
+    try:
+        page = login(crm, "mia").get("/admin/account/").text
+    finally:
+        crm.pm.unregister(name="only-myself")
+    owner_filter = page.split('name="f.owner"', 1)[1].split("</select>", 1)[0]
+    assert users["mia"]["display_name"] in owner_filter and users["alice"]["display_name"] not in owner_filter
+    assert links["alice"] in page and links["mia"] in page  # alice named by query, mia from the choices
 
 
 def test_list_html_stays_small(crm, org):

@@ -182,6 +182,8 @@ def _compare_widget(ctx, macro_box, section_label, base, drawn) -> None:
     first = (base.choices or [{"value": XSS}])[0]["value"]
     variants = []
     values = (None, "", XSS, first, [first], "12") + (() if base.macro == "multiselect" else (True,))
+    if base.macro == "address":  # a mapping of parts (or nothing)
+        values = (None, "", {}, {"postal_code": XSS, "city": "大阪市", "building": None}, {"street": 'a"<&'})
     for value in values:
         for state in ({}, {"required": True}, {"readonly": True, "help": 'h<"&'},
                       {"errors": ["bad <x>", "two"], "placeholder": 'p"<', "required": True}):
@@ -233,6 +235,46 @@ def test_the_menu_built_in_python_is_base_htmls_loop(crm, org):
     built = base.render({**variables, "menu_html": site.menu_html(menu)})
     assert built == looped and "<script>" not in built
     assert '<li><a href="/admin/lead/" aria-current="page">' in built and "<b>Master</b> & data" in built
+
+
+def test_list_headers_and_bulk_choices_built_in_python_are_the_template_loops(crm):
+    from crmkit.web.listing import _header_html
+    from crmkit.web.site import admin_site
+    from crmkit.web.templating import choice_templates, options_by, options_html
+
+    env = admin_site(crm).env
+    headers = [
+        {"label": "ID", "href": None, "dir": None},
+        {"label": XSS, "href": "/admin/lead/?sort=-a&q=x%22", "dir": "asc"},
+        {"label": "Status", "href": "/admin/lead/?sort=status", "dir": "desc"},
+        {"label": Markup("<b>Mine</b>"), "href": "/admin/lead/?sort=b", "dir": None},
+        {"label": "Plain", "href": None, "dir": "asc"},
+    ]
+    loop = env.from_string(
+        """{% for h in headers %}<th scope="col"{% if h.dir %} aria-sort="{{ 'ascending' if h.dir == 'asc' """
+        """else 'descending' }}"{% endif %}>{% if h.href %}<a href="{{ h.href }}">{{ h.label }}{% if h.dir %}"""
+        """<span aria-hidden="true" class="sort-{{ h.dir }}"></span>{% endif %}</a>{% else %}{{ h.label }}"""
+        """{% endif %}</th>{% endfor %}"""
+    )
+    assert "".join(map(_header_html, headers)) == loop.render(headers=headers)
+    settable = [
+        {"name": "status", "label": "Status", "choices": [("new", "New"), (XSS, XSS)]},
+        {"name": 'n"<', "label": XSS},
+        {"name": "flag", "label": "Flag", "choices": [("1", "Yes"), ("0", "No")]},
+        {"name": "empty", "label": "Empty", "choices": []},
+    ]
+    loops = env.from_string(
+        """{% for f in settable %}<option value="{{ f.name }}">{{ f.label }}</option>{% endfor %}|"""
+        """{% for f in settable if f.choices %}<template data-choices-for="{{ f.name }}">{{ f.choices|options }}"""
+        """</template>{% endfor %}"""
+    )
+    assert f"{options_by(settable)}|{choice_templates(settable)}" == loops.render(settable=settable)
+    # Options drawn again (kept halves) are the same markup, selected or not.
+    colored = [{"value": "a", "label": XSS, "color": "#fff"}, {"value": 1, "label": "One"}, (XSS, "x")]
+    first = str(options_html(colored, ["a", 1]))
+    assert str(options_html(colored, ["a", 1])) == first
+    assert first.count(" selected") == 2 and "<script>" not in first
+    assert str(options_html(colored)) == first.replace(" selected", "")
 
 
 def test_list_cell_renderers_draw_what_cell_html_draws(crm, org):

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import secrets
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +43,21 @@ SAMPLE_VALUES = 3
 
 def importable_entities(crm: CRM, actor: Actor) -> list[Entity]:
     """Entities the actor may create or update records of (what the import page offers)."""
+    return list(_importable(crm, actor))
+
+
+def can_import(crm: CRM, actor: Actor) -> bool:
+    """Whether the actor may import into any entity (stops at the first: the menu asks on every page)."""
+    return next(_importable(crm, actor), None) is not None
+
+
+def _importable(crm: CRM, actor: Actor) -> Iterator[Entity]:
     store = crm.records
-    return [
+    return (
         e for e in crm.catalog
-        if e.menu and (store.can(actor, "create", e.name) or store.can(actor, "update", e.name))
-        and e.name not in ("user", "saved_view")
-    ]
+        if e.menu and e.name not in ("user", "saved_view")
+        and (store.can(actor, "create", e.name) or store.can(actor, "update", e.name))
+    )
 
 
 def _root(ctx: PageContext) -> Path:

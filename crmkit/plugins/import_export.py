@@ -178,10 +178,10 @@ def menu_links(crm, actor, request):
     """"Import data" for anyone who may create or update at least one entity."""
     if actor is None:
         return None
-    from crmkit.dataio.pages import importable_entities
+    from crmkit.dataio.pages import can_import
     from crmkit.web.i18n import t
 
-    if not importable_entities(crm, actor):
+    if not can_import(crm, actor):
         return None
     lang = getattr(request.state, "crmkit_lang", None) or actor.locale
     return [{"href": "/admin/data/imports/", "label": t("dataio_import", lang, extra=STRINGS), "icon": "folder"}]

@@ -90,6 +90,17 @@ class Display:
                 self.titles.setdefault(target, {}).update(self.ctx.store.titles(target, missing))
                 self._links.clear()  # a link drawn before its title was fetched showed "#id"
 
+    def known_titles(self, entity: str, pairs: Iterable[tuple[int, str]]) -> None:
+        """Titles this request has already read (``(id, title)`` pairs), so :meth:`prefetch` skips them.
+
+        Only for pairs read as :meth:`RecordStore.titles` would read them (the title column as
+        stored, not masked); records not among them are still fetched.
+        """
+        known = self.titles.setdefault(entity, {})
+        for rid, text in pairs:
+            known.setdefault(rid, text)
+        self._links.clear()
+
     def title(self, entity: str, id: int | None) -> str:
         """A prefetched title (``#id`` when it was not fetched or the record is gone)."""
         if id is None:

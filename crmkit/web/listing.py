@@ -312,7 +312,14 @@ def list_page(ctx: PageContext) -> Response:
         columns=wanted,
         with_count=True,
     )
+    # The filters and bulk actions read small master tables whole (users, ...): read them first,
+    # so the titles of the page's references to them need no query of their own.
+    filters = filter_widgets(ctx, entity, state)
+    bulk = bulk_actions(ctx, entity)
+    settable = settable_fields(ctx, entity)
+    owners = _small_choices(ctx, "user") if entity.ownable else None
     display = Display(ctx, entity)
+    _reuse_small_choices(ctx, display, columns)
     display.prefetch(page.items, columns)
     extra_cols = [
         c
@@ -322,7 +329,6 @@ def list_page(ctx: PageContext) -> Response:
     first = columns[0].name if columns else None
     # The first column links to the record, unless it links elsewhere (then an ID column does).
     id_column = first is not None and columns[0].type in ("reference", "email", "url", "phone")
-    bulk = bulk_actions(ctx, entity)
     rows = []
     parts: list[str] = []  # the <tbody> rows as one string: no template loop or Markup per cell
     renderers = [display.cell_renderer(f) for f in columns]
@@ -359,29 +365,67 @@ def list_page(ctx: PageContext) -> Response:
             href = state.url(entity.name, sort=new_sort)
         headers.append({"label": f.text(ctx.lang), "href": href, "dir": dir_})
     headers += [{"label": c["label"], "href": None, "dir": None} for c in extra_cols]
+    headers_html = Markup("".join(map(_header_html, headers)))
     return ctx.render(
         "list.html",
         entity=entity,
         title=entity.text(ctx.lang, plural=True),
         state=state,
         headers=headers,
+        headers_html=headers_html,
         rows=rows,
         rows_html=rows_html,
         page=page,
         next_url=state.url(entity.name, cursor=page.next_cursor) if page.next_cursor else None,
         first_url=state.url(entity.name) if state.cursor else None,
-        filters=filter_widgets(ctx, entity, state),
+        filters=filters,
         views=saved_views(ctx, entity),
         builtin_views=builtin_views(ctx, entity, state),
         current_query=urlencode(state.params()),
         can_create=ctx.store.can(ctx.actor, "create", entity.name),
         bulk=bulk,
-        settable=settable_fields(ctx, entity),
-        owners=_small_choices(ctx, "user") if entity.ownable else None,
+        settable=settable,
+        owners=owners,
         can_export=ctx.store.can(ctx.actor, "export", entity.name),
         has_search=bool(entity.search_paths),
         board=_board_link(ctx, entity),
     )
+
+
+def _reuse_small_choices(ctx: PageContext, display: Display, columns: list[Field]) -> None:
+    """Hand ``display`` the titles :func:`_small_choices` already read for the reference columns.
+
+    Those pairs are the title column as read for the actor: they equal ``RecordStore.titles``
+    for a text title the actor's role neither masks nor hides (otherwise they are not used).
+    """
+    memo = ctx.request.state.__dict__.get("crmkit_small_choices")
+    if not memo:
+        return
+    for f in columns:
+        pairs = memo.get(f.to) if f.type == "reference" and f.to else None
+        if not pairs or f.to not in ctx.crm.catalog:
+            continue
+        target = ctx.crm.catalog[f.to]
+        title = target.fields.get(target.title_field)
+        if title is None or title.type not in ("string", "text"):  # read as stored only when text
+            continue
+        if ctx.store.field_access(ctx.actor, f.to).get(title.name, "read") in ("read", "write"):
+            display.known_titles(f.to, pairs)
+
+
+def _header_html(h: dict[str, Any]) -> str:
+    """One column header of list.html's ``headers`` loop (sort link and ``aria-sort``), in Python."""
+    dir_ = h.get("dir")
+    out = '<th scope="col"'
+    if dir_:
+        out += ' aria-sort="' + ("ascending" if dir_ == "asc" else "descending") + '"'
+    label = html_text(h.get("label", ""))
+    if h.get("href"):
+        out += '><a href="' + html_text(h["href"]) + '">' + label
+        if dir_:
+            out += '<span aria-hidden="true" class="sort-' + html_text(dir_) + '"></span>'
+        return out + "</a></th>"
+    return out + ">" + label + "</th>"
 
 
 def _board_link(ctx: PageContext, entity: Entity) -> str | None:
