@@ -314,7 +314,7 @@ class Importer:
 
 
 _GC_LOCK = threading.Lock()
-_GC_USERS: list[tuple[int, int, int]] = []  # the thresholds to restore, while imports run
+_GC_RUNNING: dict[str, Any] = {"imports": 0, "thresholds": None}  # what _fewer_collections restores
 GC_IMPORT_THRESHOLD = 50_000
 
 
@@ -329,18 +329,17 @@ def _fewer_collections() -> Iterator[None]:
     the last to finish restores them.
     """
     with _GC_LOCK:
-        if not _GC_USERS:
-            _GC_USERS.append(gc.get_threshold())
+        if not _GC_RUNNING["imports"]:
+            _GC_RUNNING["thresholds"] = gc.get_threshold()
             gc.set_threshold(GC_IMPORT_THRESHOLD, 20, 100)
-        else:
-            _GC_USERS.append(_GC_USERS[0])
+        _GC_RUNNING["imports"] += 1
     try:
         yield
     finally:
         with _GC_LOCK:
-            before = _GC_USERS.pop()
-            if not _GC_USERS:
-                gc.set_threshold(*before)
+            _GC_RUNNING["imports"] -= 1
+            if not _GC_RUNNING["imports"]:
+                gc.set_threshold(*_GC_RUNNING["thresholds"])
 
 
 class _BatchSizer:
