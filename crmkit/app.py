@@ -155,7 +155,10 @@ class CRM:
         return sorted(infos, key=lambda i: (i.source != "built-in", i.name))
 
     def startup(self) -> None:
-        """Run the ``startup`` hooks."""
+        """Build the indexes an interrupted import left for later (if any), then run the ``startup`` hooks."""
+        from crmkit.core import deferred_indexes
+
+        deferred_indexes.restore(self)
         self.pm.hook.startup(crm=self)
 
     def close(self) -> None:

@@ -202,6 +202,20 @@ def after_create_many(crm: Any, entity: Any, records: list[dict[str, Any]], conn
 
 
 @hookspec
+def bulk_load_tables(crm: Any, entity: Any) -> list[str] | None:
+    """Tables (besides ``entity``'s own) that an import into ``entity`` adds rows to, a row or more per record.
+
+    A large import (see :mod:`crmkit.core.deferred_indexes`) drops the non-unique secondary
+    indexes of these tables, when the import brings at least as many rows as a table holds, and
+    builds them again when it ends: for a plugin's key or index tables written from
+    ``after_create_many``. Queries stay correct meanwhile, only slower. Return table names on
+    ``crm.metadata`` (from ``register_tables``).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
 def before_delete(crm: Any, entity: Any, record: dict[str, Any], conn: Any, actor: Any) -> None:
     """Called before a record is deleted, inside the transaction; raise to refuse the delete.
 

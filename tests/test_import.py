@@ -795,3 +795,115 @@ def test_enum_cells_take_the_first_option_whose_value_or_label_matches(crm):
     with pytest.raises(InvalidValue, match="must be one of: a, b, c"):
         coerce(f, "d")
     assert coerce(Field("n", "enum", {"en": "N"}, {"options": [{"value": "1"}]}), 1) == "1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Large imports build the secondary indexes afterwards
+# ---------------------------------------------------------------------------------------------
+def _index_names(crm, table: str) -> set[str]:
+    return {ix["name"] for ix in sa.inspect(crm.engine).get_indexes(table)}
+
+
+def _deferred_records(crm) -> list[tuple[str, str]]:
+    from crmkit.core.deferred_indexes import DEFERRED_INDEX_TABLE
+
+    record = crm.system_tables[DEFERRED_INDEX_TABLE]
+    with crm.engine.connect() as conn:
+        return sorted(conn.execute(sa.select(record.c.name, record.c.table_name)).all())
+
+
+def test_a_large_import_builds_the_secondary_indexes_after_the_load(crm, tmp_path, monkeypatch):
+    from crmkit.core import deferred_indexes
+
+    monkeypatch.setattr(deferred_indexes, "MIN_ROWS", 50)
+    full = _index_names(crm, "lead")
+    keys = _index_names(crm, "duplicates_key")
+    rows = [["last_name", "company", "email", "status"]] + [
+        [f"L{i}", f"Co {i}", f"u{i}@example.com", "new"] for i in range(300)]
+    path = write_csv(tmp_path / "load.csv", rows, "utf-8")
+    seen: list[tuple[set[str], set[str], list[tuple[str, str]], list[str]]] = []
+
+    def during(done: int, total: int) -> None:
+        # queries stay correct while the indexes are away
+        found = crm.records.list("lead", actor=SYSTEM, filter={"email": "u7@example.com"}).items
+        seen.append((_index_names(crm, "lead"), _index_names(crm, "duplicates_key"), _deferred_records(crm),
+                     [r["last_name"] for r in found]))
+
+    result = import_file(crm, "lead", path, actor=SYSTEM, upsert_key="email", batch_size=100, on_progress=during)
+    assert result.created == 300 and len(seen) == 3
+    lead_during, keys_during, records, found = seen[0]
+    assert found == ["L7"]
+    assert "ix_lead_company_id" not in lead_during and "ix_lead_status_id" not in lead_during
+    assert "ix_lead_email" in lead_during  # the upsert key's index: every batch reads through it
+    assert "ix_lead_created_at_id" in lead_during or "ix_lead_id" not in full  # the list's default sort
+    assert keys_during.isdisjoint({"ix_duplicates_key_lookup", "ix_duplicates_key_record"})  # bulk_load_tables
+    assert {name for name, _t in records} == (full - lead_during) | (keys - keys_during)
+    assert {t for _n, t in records} == {"lead", "duplicates_key"}
+    # afterwards every index is back and nothing is left to build
+    assert _index_names(crm, "lead") == full and _index_names(crm, "duplicates_key") == keys
+    assert _deferred_records(crm) == []
+    # and the rebuilt indexes hold the imported rows (the duplicate keys find them)
+    from crmkit.core.duplicates import find_candidates
+
+    l7 = crm.records.list("lead", actor=SYSTEM, filter={"email": "u7@example.com"}).items[0]
+    assert [c.id for c in find_candidates(crm, "lead", {"email": "U7@example.com"}, actor=SYSTEM)] == [l7["id"]]
+
+
+def test_a_small_or_relatively_small_import_keeps_every_index(crm, tmp_path, monkeypatch):
+    from crmkit.core import deferred_indexes
+
+    monkeypatch.setattr(deferred_indexes, "MIN_ROWS", 50)
+    full = _index_names(crm, "lead")
+    small = write_csv(tmp_path / "small.csv", [["last_name"]] + [[f"S{i}"] for i in range(40)], "utf-8")
+    during: list[set[str]] = []
+    import_file(crm, "lead", small, actor=SYSTEM, on_progress=lambda n, t: during.append(_index_names(crm, "lead")))
+    assert during == [full]
+    # a table already holding as many rows as the file brings keeps its indexes too
+    more = write_csv(tmp_path / "more.csv", [["last_name"]] + [[f"M{i}"] for i in range(60)], "utf-8")
+    import_file(crm, "lead", more, actor=SYSTEM)  # (this one defers: 60 rows into 40)
+    during.clear()
+    again = write_csv(tmp_path / "again.csv", [["last_name"]] + [[f"A{i}"] for i in range(70)], "utf-8")
+    import_file(crm, "lead", again, actor=SYSTEM, on_progress=lambda n, t: during.append(_index_names(crm, "lead")))
+    assert during == [full]  # 70 rows into 100
+    assert _index_names(crm, "lead") == full and _deferred_records(crm) == []
+
+
+def test_indexes_an_interrupted_import_left_are_built_by_the_next_start_or_migrate(crm, tmp_path, monkeypatch):
+    from crmkit.core import deferred_indexes
+    from crmkit.plugins.admin_commands import migrate
+
+    monkeypatch.setattr(deferred_indexes, "MIN_ROWS", 50)
+    full = _index_names(crm, "lead")
+    path = write_csv(tmp_path / "stop.csv", [["last_name"]] + [[f"L{i}"] for i in range(120)], "utf-8")
+
+    def stop(done: int, total: int) -> None:
+        raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError):  # an import that fails half-way still builds them
+        import_file(crm, "lead", path, actor=SYSTEM, batch_size=50, on_progress=stop)
+    assert _index_names(crm, "lead") == full and _deferred_records(crm) == []
+
+    # a process killed mid-import never reaches its clean-up: the record it left is what rebuilds them
+    for rebuild in (crm.startup, lambda: migrate(crm)):
+        load = deferred_indexes.deferred(crm, [(crm.table("lead"), {"last_name"})], incoming=100)
+        dropped = load.__enter__()  # (and never __exit__)
+        assert "ix_lead_company_id" in dropped and "ix_lead_last_name_id" not in dropped
+        assert _index_names(crm, "lead") == full - set(dropped)
+        assert {n for n, _t in _deferred_records(crm)} == set(dropped)
+        rebuild()
+        assert _index_names(crm, "lead") == full and _deferred_records(crm) == []
+
+
+def test_a_database_without_the_deferred_index_table_imports_with_every_index(crm, tmp_path, monkeypatch):
+    from crmkit.core import deferred_indexes
+
+    monkeypatch.setattr(deferred_indexes, "MIN_ROWS", 50)
+    with crm.engine.begin() as conn:  # a database not migrated since the table was added
+        conn.exec_driver_sql(f"DROP TABLE {deferred_indexes.DEFERRED_INDEX_TABLE}")
+    full = _index_names(crm, "lead")
+    path = write_csv(tmp_path / "old.csv", [["last_name"]] + [[f"L{i}"] for i in range(80)], "utf-8")
+    during: list[set[str]] = []
+    result = import_file(crm, "lead", path, actor=SYSTEM,
+                         on_progress=lambda n, t: during.append(_index_names(crm, "lead")))
+    assert result.created == 80 and during == [full]
+    crm.startup()  # nothing to build, and no error either

@@ -29,6 +29,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 
+from crmkit.core import deferred_indexes
 from crmkit.core.catalog import Entity, Field
 from crmkit.core.db import write_connection
 from crmkit.core.fieldtypes import InvalidValue
@@ -136,9 +137,12 @@ def apply_migration(crm: CRM, *, prune: bool = False, allow_destructive: bool = 
     """Apply the plan in one transaction and store the new catalog snapshot; return the plan.
 
     Raises :class:`MigrationError` (database unchanged) when a step needs ``allow_destructive``
-    and it was not given, or when any step fails.
+    and it was not given, or when any step fails. Indexes an interrupted import left for later
+    are among the missing indexes the plan creates; their records are cleared afterwards.
     """
-    return _migrate(crm, prune=prune, allow_destructive=allow_destructive, commit=True)
+    plan = _migrate(crm, prune=prune, allow_destructive=allow_destructive, commit=True)
+    deferred_indexes.restore(crm)
+    return plan
 
 
 def catalog_snapshot(crm: CRM, dialect: sa.Dialect) -> dict[str, Any]:

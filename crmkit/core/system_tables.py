@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from crmkit.core.audit import AUDIT_TABLE, define_audit_table
+from crmkit.core.deferred_indexes import DEFERRED_INDEX_TABLE, define_deferred_index_table
 from crmkit.core.jobs import JOB_TABLE, define_job_table
 from crmkit.core.mail import OUTBOX_TABLE, define_outbox_table
 from crmkit.core.notifications import NOTIFICATION_TABLE, define_notification_table
@@ -33,4 +34,5 @@ def define_system_tables(md: sa.MetaData) -> dict[str, sa.Table]:
     tables[JOB_TABLE] = define_job_table(md)
     tables[OUTBOX_TABLE] = define_outbox_table(md)
     tables[NOTIFICATION_TABLE] = define_notification_table(md)
+    tables[DEFERRED_INDEX_TABLE] = define_deferred_index_table(md)
     return tables

@@ -16,6 +16,7 @@ importer's time zone. With an upsert key, a row whose key matches an existing re
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import decimal
@@ -30,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from crmkit.core import deferred_indexes
 from crmkit.core.errors import CRMError, PermissionDenied, ValidationError
 from crmkit.dataio import journal
 from crmkit.dataio.mapping import ERROR_COLUMNS, Column, map_columns
 from crmkit.dataio.readers import Table
 from crmkit.dataio.writers import FORMULA_START
-from crmkit.plugins import PluginError
+from crmkit.plugins import PluginError, call_each
 
 if TYPE_CHECKING:
     from crmkit.app import CRM
@@ -183,7 +185,7 @@ class Importer:
         seen_rows = 0
         sizer = _BatchSizer(opts.batch_size)
         try:
-            with _fewer_collections():
+            with _fewer_collections(), self._indexes_deferred(total, key, columns):
                 for batch in _sized_batches(table.rows(), sizer, opts.limit):
                     seen_rows += len(batch)
                     started = perf_counter()
@@ -200,6 +202,31 @@ class Importer:
         elif self.errors_to is not None and self.errors_to.exists() and not result.failed:
             self.errors_to.unlink()
         return result
+
+    def _indexes_deferred(self, incoming: int, key: str | None, columns: list[Column]) -> Any:
+        """A large real import builds the secondary indexes of the tables it fills afterwards.
+
+        See :mod:`crmkit.core.deferred_indexes`. The entity's table keeps the indexes the import
+        reads through (its upsert key, titles of the entity itself) and the list's default sort;
+        plugins name the other tables an import fills (``bulk_load_tables``).
+        """
+        if self.options.dry_run:
+            return contextlib.nullcontext([])
+        ent = self.entity
+        keep = {key} if key else set()
+        if ent.list.sort:
+            keep.add(ent.list.sort[0].lstrip("-"))
+        for c in columns:
+            f = ent.fields.get(c.field or "")
+            if f is not None and f.to == ent.name and ent.title_field:
+                keep.add(ent.title_field)  # self-references are looked up by title
+        tables: list[tuple[sa.Table, set[str]]] = [(self.crm.table(ent.name), keep)]
+        for _plugin, names in call_each(self.crm.pm, "bulk_load_tables", crm=self.crm, entity=ent):
+            for name in names:
+                table = self.crm.metadata.tables.get(name)
+                if table is not None and all(t is not table for t, _k in tables):
+                    tables.append((table, set()))
+        return deferred_indexes.deferred(self.crm, tables, incoming)
 
     def _batch(self, batch: list[tuple[int, list[Any]]], prep: _Preparer, result: ImportResult,
                writer: _ErrorWriter | None) -> None:

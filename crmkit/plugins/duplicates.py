@@ -100,6 +100,14 @@ def after_save(crm, entity, record, old, conn, actor):
 
 
 @hookimpl
+def bulk_load_tables(crm, entity):
+    """A large import of an entity with duplicate rules writes several key rows per record."""
+    if dup.keys_for(crm).rules.get(entity.name):
+        return [dup.KEY_TABLE]
+    return None
+
+
+@hookimpl
 def after_create_many(crm, entity, records, conn, actor):
     """Bulk creates (imports): the keys of the whole batch in one executemany."""
     keys = dup.keys_for(crm)
