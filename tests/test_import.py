@@ -907,3 +907,17 @@ def test_a_database_without_the_deferred_index_table_imports_with_every_index(cr
                          on_progress=lambda n, t: during.append(_index_names(crm, "lead")))
     assert result.created == 80 and during == [full]
     crm.startup()  # nothing to build, and no error either
+
+
+def test_a_batch_indexes_its_search_text_with_a_big_buffer_then_ordinary_writes_get_the_default(
+        crm, tmp_path, backend):
+    rows = [["last_name", "company"]] + [[f"検索{i}", f"株式会社バッファ{i}"] for i in range(200)]
+    import_file(crm, "lead", write_csv(tmp_path / "fts.csv", rows, "utf-8"), actor=SYSTEM)
+    found = crm.records.list("lead", actor=SYSTEM, q="バッファ123").items
+    assert [r["last_name"] for r in found] == ["検索123"]
+    crm.records.create("lead", {"last_name": "単独", "company": "バッファ後"}, actor=SYSTEM)
+    assert [r["last_name"] for r in crm.records.list("lead", actor=SYSTEM, q="バッファ後").items] == ["単独"]
+    if backend == "sqlite":  # FTS5 keeps its settings in the index: the batch's 64 MB buffer is not left behind
+        with crm.engine.connect() as conn:
+            size = conn.exec_driver_sql("SELECT v FROM lead__fts_config WHERE k = 'hashsize'").scalar()
+        assert size == 1024 * 1024

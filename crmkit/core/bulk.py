@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 IN_CHUNK = 500  # ids per IN (...) list: well under every driver's parameter limit
 BULK_CACHE_KIB = 256 * 1024  # SQLite page cache while a batch is written (see _large_page_cache)
+FTS_BATCH_HASH_BYTES = 64 * 1024 * 1024  # FTS5's buffer of new terms while a batch is indexed
+FTS_DEFAULT_HASH_BYTES = 1024 * 1024  # FTS5's own default (and what ordinary writes use)
 
 Outcome = dict[str, Any] | ValidationError
 
@@ -579,11 +581,17 @@ def _deferred_search_index(conn: sa.Connection, plan: _Plan, ids: list[int]) -> 
         return
     conn.exec_driver_sql(f'DROP TRIGGER "{trigger}"')
     yield
+    # FTS5 gathers new terms in memory and writes them out as a segment whenever that buffer is
+    # full; with its default 1 MB a batch's trigrams became dozens of small segments, merged again
+    # and again. A bigger buffer for the batch: a quarter less time indexing a million leads, and
+    # the same search speed (fewer, larger segments). Back to the default for ordinary writes.
+    conn.exec_driver_sql(f"INSERT INTO \"{fts}\"(\"{fts}\", rank) VALUES ('hashsize', {FTS_BATCH_HASH_BYTES})")
     conn.exec_driver_sql(
         f'INSERT INTO "{fts}"(rowid, {SEARCH_COLUMN}) SELECT id, {SEARCH_COLUMN} FROM "{plan.ent.name}" '
         f"WHERE id BETWEEN ? AND ?",
         (min(ids), max(ids)),
     )
+    conn.exec_driver_sql(f"INSERT INTO \"{fts}\"(\"{fts}\", rank) VALUES ('hashsize', {FTS_DEFAULT_HASH_BYTES})")
     conn.exec_driver_sql(exists)
 
 
