@@ -84,7 +84,7 @@ def _drop(crm: CRM, tables: Sequence[tuple[sa.Table, Iterable[str]]], incoming: 
     record = crm.system_tables[DEFERRED_INDEX_TABLE]
     dropped: list[str] = []
     with write_connection(crm.engine) as conn, conn.begin():
-        present = _present_indexes(conn)
+        inspector = sa.inspect(conn)
         already = set(conn.execute(sa.select(record.c.name)).scalars())
         now = dt.datetime.now(dt.UTC)
         for table, keep in tables:
@@ -96,6 +96,7 @@ def _drop(crm: CRM, tables: Sequence[tuple[sa.Table, Iterable[str]]], incoming: 
             ).scalar_one()
             if held >= incoming:
                 continue
+            present = {ix["name"] for ix in inspector.get_indexes(table.name)}
             for ix in deferrable(table, keep):
                 if ix.name in already or ix.name not in present:
                     continue  # deferred by another load, or not built (a migration is pending)
@@ -137,17 +138,6 @@ def restore(crm: CRM, tables: Iterable[str] | None = None) -> list[str]:
     if built:
         log.info("built %d deferred indexes: %s", len(built), ", ".join(built))
     return built
-
-
-def _present_indexes(conn: sa.Connection) -> set[str]:
-    """Names of the indexes that exist in the database (one query)."""
-    if conn.dialect.name == "sqlite":
-        return set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'").scalars())
-    if conn.dialect.name == "postgresql":
-        return set(conn.exec_driver_sql(
-            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()").scalars())
-    inspector = sa.inspect(conn)
-    return {ix["name"] for t in inspector.get_table_names() for ix in inspector.get_indexes(t) if ix["name"]}
 
 
 __all__ = ["DEFERRED_INDEX_TABLE", "MIN_ROWS", "deferrable", "deferred", "define_deferred_index_table", "restore"]
