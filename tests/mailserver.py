@@ -167,3 +167,29 @@ class SmtpSink:
         with self.arrived:
             self.arrived.wait_for(lambda: len(self.messages) >= n, timeout=timeout)
             return list(self.messages)
+
+
+def assert_each_arrived_once(crm: Any, arrived: list[EmailMessage], killed_pid: int) -> None:
+    """Every outbox message arrived exactly once, after the worker process ``killed_pid`` was SIGKILLed.
+
+    One exception is allowed, and it is the one ``crmkit.core.mail`` documents: the message the
+    killed worker had committed ``sent`` for in the instant before writing its final dot (one
+    socket write later). The server discarded it, so it may be missing, but only it: at most one
+    (a worker sends one message at a time), and sent by that worker (``locked_by`` keeps who sent
+    a message). Nothing arrives twice, and every message is ``sent``.
+    """
+    import sqlalchemy as sa
+
+    from crmkit.core import mail
+
+    ids = [m["Message-ID"] for m in arrived]
+    assert len(ids) == len(set(ids)), "a message arrived twice"
+    t = mail.outbox_table(crm)
+    with crm.engine.connect() as conn:
+        rows = {r.message_id: r for r in conn.execute(sa.select(t.c.message_id, t.c.status, t.c.locked_by))}
+    assert set(ids) <= set(rows)
+    assert {r.status for r in rows.values()} == {"sent"}
+    missing = [rows[i] for i in set(rows) - set(ids)]
+    assert len(missing) <= 1, f"{len(missing)} messages never arrived"
+    for row in missing:
+        assert f":{killed_pid}:" in (row.locked_by or ""), f"a message sent by {row.locked_by} never arrived"

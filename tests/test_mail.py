@@ -17,7 +17,7 @@ from crmkit import hookimpl
 from crmkit.core import jobs, mail
 from crmkit.core.db import write_connection
 from crmkit.core.smtp import SmtpSettings
-from tests.mailserver import SmtpSink
+from tests.mailserver import SmtpSink, assert_each_arrived_once
 from tests.support import make_crm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +93,9 @@ def test_deliver_many_claims_a_batch_and_reports_each_message(crm, sink):
     arrived = [str(m["Subject"]) for m in sink.wait_for(4)]
     assert sorted(arrived) == ["batch 0", "batch 1", "batch 2", "batch 3"] and len(sink.sessions) == 1
     assert {mail.get_message(crm, i)["status"] for i in (ids[0], ids[3])} == {"sent"}
+    # who sent a message stays on it (``locked_by``), its lease does not
+    assert {(mail.get_message(crm, i)["locked_by"], mail.get_message(crm, i)["locked_until"])
+            for i in (ids[0], ids[3])} == {("w", None)}
     # A message another worker is sending (live lease) is left to it: a Retry at its lease's end.
     late = mail.queue_mail(crm, to="late@example.com", subject="late", text="t")
     t = mail.outbox_table(crm)
@@ -372,10 +375,9 @@ def test_four_workers_and_a_killed_one_deliver_every_message_exactly_once(projec
     for p in procs[1:]:
         assert p.returncode == 0, p.stderr.read()
     jobs.run_once(crm, now=jobs.utcnow() + dt.timedelta(seconds=400), names=[mail.SEND_JOB])
-    arrived = [m["Message-ID"] for m in sink.wait_for(n, timeout=30)]
-    expected = {mail.get_message(crm, i)["message_id"] for i in ids}
-    assert len(arrived) == n and set(arrived) == expected  # each message exactly once
     assert mail.status_counts(crm)["sent"] == n
+    assert len(ids) == n
+    assert_each_arrived_once(crm, sink.wait_for(n, timeout=30), procs[0].pid)
     t = mail.outbox_table(crm)
     with crm.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).where(t.c.status != "sent")).scalar_one() == 0

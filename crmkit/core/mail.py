@@ -16,7 +16,10 @@ writing the final ``.`` of the DATA command, which is what makes the server acce
   server never got the final dot and discarded it, so the next attempt may safely send it again;
 - a worker killed after ``confirm()`` finds ``sent`` on the next attempt and sends nothing.
 
-The only unsafe moment is between that commit and one socket write. A server that refuses a
+The only unsafe moment is between that commit and one socket write: a worker killed there has
+recorded a message the server never took (lost, never sent twice). The connection for that commit
+is taken before the send and given back after it, so the commit's own answer is all that stands in
+that moment; ``locked_by`` keeps the worker that sent a message. A server that refuses a
 command (4xx), disconnects or cannot be reached leaves the message ``queued`` for the job's
 retries with backoff; a permanent refusal (5xx) marks it ``failed`` with the server's answer.
 
@@ -419,7 +422,8 @@ def _statements(tbl: sa.Table) -> _Statements:
         sa.update(tbl)
         .where(tbl.c.id == sa.bindparam("outbox_id"), tbl.c.status == "sending",
                tbl.c.locked_by == sa.bindparam("worker"))
-        .values(status="sent", sent_at=now, updated_at=now, locked_by=None, locked_until=None, error=None)
+        # locked_by stays: the worker that sent the message (its lease ends with locked_until)
+        .values(status="sent", sent_at=now, updated_at=now, locked_until=None, error=None)
     )
     # set_config(..., is_local) in the statement itself: run in autocommit mode, the UPDATE is its own
     # transaction and needs one round trip, where BEGIN, SET LOCAL, UPDATE and COMMIT needed four.
@@ -498,39 +502,54 @@ def _send_claimed(crm: CRM, row: dict[str, Any], worker_id: str, now: dt.datetim
     """Send one message we hold the claim of; ``confirm()`` commits ``sent`` before the final dot."""
     outbox_id = row["id"]
     confirmed = False
+    # The connection that commits "sent" is taken from the pool before the send and given back after
+    # it, so that nothing but the commit's own round trip stands between "sent" and the final dot
+    # (the one moment a killed worker loses a message; see the module docstring).
+    with _confirming_connection(crm) as db:
 
-    def confirm() -> None:
-        nonlocal confirmed
-        _confirm_sent(crm, outbox_id, worker_id, now)
-        confirmed = True
+        def confirm() -> None:
+            nonlocal confirmed
+            _confirm_sent(crm, db, outbox_id, worker_id, now)
+            confirmed = True
 
-    try:
-        tr = transport(crm)
-        send_raw = getattr(tr, "send_raw", None)
-        if callable(send_raw):  # bytes straight from the row: no EmailMessage round trip (see crmkit.core.mime)
-            raw = mime.render(row)
-            send_raw(raw.envelope_from, raw.recipients, raw.data, confirm=confirm)
+        try:
+            tr = transport(crm)
+            send_raw = getattr(tr, "send_raw", None)
+            if callable(send_raw):  # bytes straight from the row: no EmailMessage round trip (see crmkit.core.mime)
+                raw = mime.render(row)
+                send_raw(raw.envelope_from, raw.recipients, raw.data, confirm=confirm)
+            else:
+                _call_send(tr, build_message(row), confirm)
+        except Exception as exc:
+            failure = exc
         else:
-            _call_send(tr, build_message(row), confirm)
-    except Exception as exc:
-        return _after_failure(crm, outbox_id, worker_id, now, exc, confirmed, final)
-    if not confirmed:  # a transport that returned without calling confirm(): record the send now
-        _confirm_sent(crm, outbox_id, worker_id, now)
+            failure = None
+            if not confirmed:  # a transport that returned without calling confirm(): record the send now
+                _confirm_sent(crm, db, outbox_id, worker_id, now)
+    if failure is not None:
+        return _after_failure(crm, outbox_id, worker_id, now, failure, confirmed, final)
     return "sent"
 
 
-def _confirm_sent(crm: CRM, outbox_id: int, worker_id: str, now: dt.datetime) -> None:
-    """Commit ``sent`` for our claim; raise if the claim was lost (so the transport aborts)."""
+def _confirming_connection(crm: CRM) -> sa.Connection:
+    """The connection :func:`_confirm_sent` commits on: autocommit on PostgreSQL (one statement, one
+    round trip), a write connection (SQLite's write lock at BEGIN) elsewhere."""
+    if crm.engine.dialect.name == "postgresql":
+        return crm.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    return write_connection(crm.engine)
+
+
+def _confirm_sent(crm: CRM, conn: sa.Connection, outbox_id: int, worker_id: str, now: dt.datetime) -> None:
+    """Commit ``sent`` for our claim on ``conn`` (see :func:`_confirming_connection`); raise if the
+    claim was lost (so the transport aborts)."""
     tbl = outbox_table(crm)
     params = {"outbox_id": outbox_id, "worker": worker_id, "now": now}
     try:
-        if crm.engine.dialect.name == "postgresql":
-            # One statement, committed on its own (autocommit): one round trip per message.
+        if conn.dialect.name == "postgresql":
             stmt = _statements(tbl).confirm_async if jobs.JobSettings.of(crm).async_commit else _statements(tbl).confirm
-            with crm.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                updated = conn.execute(stmt, params).rowcount
+            updated = conn.execute(stmt, params).rowcount
         else:
-            with write_connection(crm.engine) as conn, conn.begin():
+            with conn.begin():
                 updated = conn.execute(_statements(tbl).confirm, params).rowcount
         if updated != 1:
             raise _Busy(f"outbox message {outbox_id}: claim lost to another worker")
