@@ -363,7 +363,8 @@ def test_four_workers_and_a_killed_one_deliver_every_message_exactly_once(projec
     crm = make_crm(project, db_url)
     n = 300
     with write_connection(crm.engine) as conn, conn.begin():
-        ids = [mail.queue_mail(crm, to=f"r{i}@example.com", subject=f"m{i}", text="t", conn=conn) for i in range(n)]
+        for i in range(n):
+            mail.queue_mail(crm, to=f"r{i}@example.com", subject=f"m{i}", text="t", conn=conn)
     env = {**os.environ, "CRMKIT_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "crmkit.cli", "worker", "--once", "--only", mail.SEND_JOB]
     procs = [subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -376,7 +377,6 @@ def test_four_workers_and_a_killed_one_deliver_every_message_exactly_once(projec
         assert p.returncode == 0, p.stderr.read()
     jobs.run_once(crm, now=jobs.utcnow() + dt.timedelta(seconds=400), names=[mail.SEND_JOB])
     assert mail.status_counts(crm)["sent"] == n
-    assert len(ids) == n
     assert_each_arrived_once(crm, sink.wait_for(n, timeout=30), procs[0].pid)
     t = mail.outbox_table(crm)
     with crm.engine.connect() as conn:
